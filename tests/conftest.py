@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny CIFAR-10 archives in the official format, and composed configs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from cifar10_mlp.schema import CIFAR10_CLASSES, register_configs
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+PER_BATCH = 20  # images per data batch: 100 training images, 2 per class per batch
+N_TEST = PER_BATCH  # the official test batch has as many images as a data batch
+
+register_configs()
+
+
+@dataclass(frozen=True)
+class TinyCifar:
+    archive: Path
+    folder: Path  # the cifar-10-batches-py folder
+    x_train: np.ndarray  # what the loader must return: uint8 (N, 32, 32, 3)
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noisy images whose mean colour depends on the class, so a model can learn them."""
+    base = (labels[:, None, None, None] * 23 + np.array([40, 90, 140])) % 256
+    noise = rng.integers(-30, 31, size=(len(labels), 32, 32, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_batch(path: Path, images: np.ndarray, labels, **extra) -> None:
+    """One pickled batch exactly as the official archive stores it (channel planes per row)."""
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    batch = {b"batch_label": b"tiny", b"labels": list(labels), b"data": rows,
+             b"filenames": [f"img_{i}.png".encode() for i in range(len(images))], **extra}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+
+
+def write_tiny_cifar(root: Path, seed: int = 0) -> TinyCifar:
+    """Write a tiny cifar-10-batches-py folder and its .tar.gz under ``root``."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    y_train = np.tile(np.arange(10), 10)  # balanced: 10 images per class
+    rng.shuffle(y_train)
+    x_train = class_images(y_train, rng)
+    for i in range(5):
+        part = slice(i * PER_BATCH, (i + 1) * PER_BATCH)
+        write_batch(folder / f"data_batch_{i + 1}", x_train[part], y_train[part])
+    y_test = np.tile(np.arange(10), N_TEST // 10)
+    x_test = class_images(y_test, rng)
+    write_batch(folder / "test_batch", x_test, y_test)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES],
+                     b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072}, f)
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return TinyCifar(archive, folder, x_train, y_train, x_test, y_test)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> TinyCifar:
+    return write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar"))
+
+
+def tiny_overrides(tiny: TinyCifar, tmp_path: Path) -> list[str]:
+    """Overrides that shrink the default run to seconds on the tiny archive."""
+    return [
+        f"data.path={tiny.archive}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.val_size=0.2",
+        "model.hidden=[32,16]",
+        "trainer.epochs=2",
+        "trainer.batch_size=16",
+        "trainer.jit_compile=false",
+        "trainer.verbose=0",
+        "evaluation.misclassified_grid=6",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.experiment=tests",
+    ]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config the CLI would build from these overrides."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_cfg(tiny_cifar, tmp_path) -> DictConfig:
+    return compose_config(tiny_overrides(tiny_cifar, tmp_path))
