@@ -1,0 +1,98 @@
+"""Preprocessing: statistics fitted on the training split, applied as Keras layers.
+
+The fitted statistics become the first layers of the model, so validation and
+test images (and anyone who loads the logged model) get exactly the transform
+fitted on the training split, and raw uint8 images go straight in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK = 4096  # images per chunk when accumulating statistics in float64
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Fitted preprocessing: ``(x - mean) / std``, then an optional whitening matrix."""
+
+    name: str
+    mean: np.ndarray  # shape (3,) per channel or (3072,) per pixel, in pixel levels 0..255
+    std: np.ndarray
+    whitening: np.ndarray | None = None  # (3072, 3072), applied after standardising
+
+
+def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
+    """Fit the preprocessing named by a ``preprocess`` config node on training images only."""
+    flat = x_train.reshape(len(x_train), -1)
+    if prep_cfg.name == "scale":
+        return Preprocessing("scale", np.zeros(3), np.full(3, 255.0))
+    if prep_cfg.name == "standardize":
+        mean, var = _moments(x_train.reshape(-1, 3))
+        return Preprocessing("standardize", mean, _safe_std(var))
+    if prep_cfg.name == "pixel_standardize":
+        mean, var = _moments(flat)
+        return Preprocessing("pixel_standardize", mean, _safe_std(var))
+    if prep_cfg.name == "zca":
+        mean, _ = _moments(flat)
+        return Preprocessing("zca", mean, np.full_like(mean, 255.0),
+                             _zca_matrix(flat, mean, prep_cfg.epsilon))
+    raise ValueError(f"preprocess.name={prep_cfg.name!r} is not a known preprocessing")
+
+
+def as_layers(prep: Preprocessing) -> list:
+    """Keras layers that map uint8 images (N, 32, 32, 3) to preprocessed vectors (N, 3072)."""
+    import keras
+
+    flatten = keras.layers.Flatten(name="flatten")
+    if prep.mean.shape == (3,):
+        # per-channel statistics (scale, standardize) act on the image before flattening
+        return [_normalization(prep), flatten]
+    layers = [flatten, _normalization(prep)]
+    if prep.whitening is not None:
+        n = prep.whitening.shape[0]
+        whiten = keras.layers.Dense(n, use_bias=False, trainable=False, name="zca_whitening")
+        whiten.build((None, n))
+        whiten.set_weights([prep.whitening.astype(np.float32)])
+        layers.append(whiten)
+    return layers
+
+
+def _normalization(prep: Preprocessing):
+    import keras
+
+    return keras.layers.Normalization(axis=-1, mean=prep.mean.astype(np.float32),
+                                      variance=np.square(prep.std).astype(np.float32),
+                                      name=prep.name)
+
+
+def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and variances of a uint8 matrix, in float64, without a float copy of it."""
+    total = np.zeros(rows.shape[1])
+    squares = np.zeros(rows.shape[1])
+    step = CHUNK * max(1, 3072 // rows.shape[1])
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step].astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+    mean = total / len(rows)
+    return mean, np.maximum(squares / len(rows) - np.square(mean), 0.0)
+
+
+def _safe_std(var: np.ndarray) -> np.ndarray:
+    # a constant pixel (possible in tiny or cropped data) is centred but not scaled
+    std = np.sqrt(var)
+    return np.where(std > 0, std, 1.0)
+
+
+def _zca_matrix(flat: np.ndarray, mean: np.ndarray, epsilon: float) -> np.ndarray:
+    """ZCA matrix U diag(1/sqrt(s + eps)) U^T of the covariance of x/255."""
+    cov = np.zeros((flat.shape[1], flat.shape[1]))
+    for start in range(0, len(flat), CHUNK):
+        centred = ((flat[start:start + CHUNK] - mean) / 255.0).astype(np.float32)
+        cov += centred.T @ centred  # float32 products, accumulated in float64
+    cov /= len(flat)
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    return (eigvecs * (1.0 / np.sqrt(np.maximum(eigvals, 0.0) + epsilon))) @ eigvecs.T

@@ -1,0 +1,65 @@
+import keras
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from cifar10_mlp import model, preprocess
+
+
+def model_cfg(**changes):
+    base = {"hidden": [64, 32], "activation": "relu", "dropout": 0.0, "batch_norm": False,
+            "weight_decay": 0.0, "initializer": "he_normal"}
+    return OmegaConf.create({**base, **changes})
+
+
+def build(n_classes=10, **changes):
+    prep = preprocess.fit(OmegaConf.create({"name": "scale"}),
+                          np.zeros((2, 32, 32, 3), np.uint8))
+    return model.build(model_cfg(**changes), n_classes, prep, seed=0)
+
+
+def dense_units(mlp):
+    return [layer.units for layer in mlp.layers
+            if isinstance(layer, keras.layers.Dense) and layer.trainable]
+
+
+def trainable_count(mlp):
+    return sum(int(np.prod(w.shape)) for w in mlp.trainable_weights)
+
+
+def test_widths_and_parameter_count_follow_the_config():
+    mlp = build(hidden=[64, 32], n_classes=3)
+    assert dense_units(mlp) == [64, 32, 3]
+    assert trainable_count(mlp) == (3072 * 64 + 64) + (64 * 32 + 32) + (32 * 3 + 3)
+
+
+def test_batch_norm_replaces_biases_and_adds_scale_and_shift():
+    mlp = build(hidden=[128], batch_norm=True)
+    assert trainable_count(mlp) == 3072 * 128 + 2 * 128 + (128 * 10 + 10)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in mlp.layers)
+
+
+@pytest.mark.parametrize("dropout, expected", [(0.0, 0), (0.3, 2)])
+def test_dropout_layers_only_when_asked(dropout, expected):
+    mlp = build(dropout=dropout)
+    rates = [layer.rate for layer in mlp.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [dropout] * expected
+
+
+def test_weight_decay_adds_an_l2_loss_per_dense_kernel():
+    assert len(build(weight_decay=1e-4).losses) == 3
+    assert build(weight_decay=0.0).losses == []
+
+
+def test_takes_raw_uint8_images_and_outputs_probabilities():
+    mlp = build()
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    probs = mlp.predict(images, verbose=0)
+    assert probs.shape == (5, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_same_seed_same_initial_weights():
+    first, second = build(), build()
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,45 @@
+import numpy as np
+from conftest import compose_config, tiny_overrides
+
+from cifar10_mlp import data, evaluate, model, preprocess, train
+
+
+def fit_once(cfg):
+    split = data.load(cfg.data, cfg.seed)
+    prep = preprocess.fit(cfg.preprocess, split.x_train)
+    mlp = model.build(cfg.model, len(split.class_names), prep, cfg.seed)
+    history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed)
+    return mlp, split, history.history
+
+
+def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg):
+    first, split, history = fit_once(tiny_cfg)
+    second, _, history_again = fit_once(tiny_cfg)
+    assert history == history_again
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    tiny_cfg.seed = tiny_cfg.seed + 1
+    _, _, other = fit_once(tiny_cfg)
+    assert other["loss"] != history["loss"]
+
+
+def test_best_validation_epoch_weights_are_restored(tiny_cfg):
+    tiny_cfg.trainer.epochs = 4
+    tiny_cfg.trainer.early_stopping.monitor = "val_loss"
+    tiny_cfg.trainer.early_stopping.mode = "min"
+    tiny_cfg.trainer.early_stopping.patience = None
+    tiny_cfg.optimizer.lr = 0.05  # large steps, so the validation loss moves between epochs
+    mlp, split, history = fit_once(tiny_cfg)
+    assert len(history["val_loss"]) == 4  # null patience: every epoch runs
+    restored = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names, 16)
+    # the restored weights are those of the best validation epoch, not of the last
+    best = int(np.argmin(history["val_loss"]))
+    assert abs(restored.accuracy - history["val_accuracy"][best]) < 1e-6
+
+
+def test_learning_rate_follows_the_schedule_per_epoch(tiny_cifar, tmp_path):
+    cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=3",
+                          "schedule=step", "schedule.step_epochs=1", "schedule.gamma=0.5"])
+    _, _, history = fit_once(cfg)
+    lr = cfg.optimizer.lr
+    np.testing.assert_allclose(history["lr"], [lr, lr / 2, lr / 4], rtol=1e-6)
