@@ -1,0 +1,61 @@
+"""Evaluation: predictions on a held-out set to metrics and confusion matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+AVERAGES = ("macro avg", "weighted avg")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything measured on one labelled set, plus what the figures need."""
+
+    class_names: tuple[str, ...]
+    y_true: np.ndarray
+    probabilities: np.ndarray  # (N, n_classes)
+    loss: float  # mean cross-entropy, without label smoothing
+    accuracy: float
+    report: dict  # scikit-learn's classification report: per class, macro and weighted
+    confusion: np.ndarray  # counts, rows are true classes
+    confusion_normalized: np.ndarray  # each row sums to 1 (0 for an absent class)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def metrics(self, prefix: str = "test_") -> dict[str, float]:
+        """Flat metric names for tracking: loss, accuracy, per-class and averaged P/R/F1."""
+        out = {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}
+        for key in (*self.class_names, *AVERAGES):
+            row = self.report[key]
+            tag = key.replace(" avg", "")
+            for stat in ("precision", "recall", "f1-score"):
+                out[f"{prefix}{stat.replace('-score', '')}_{tag}"] = float(row[stat])
+        return out
+
+
+def on_test(model, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
+            batch_size: int) -> Evaluation:
+    """Predict ``x`` once with ``model`` and measure against ``y``."""
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    return from_probabilities(y, probabilities, class_names)
+
+
+def from_probabilities(y_true: np.ndarray, probabilities: np.ndarray,
+                       class_names: tuple[str, ...]) -> Evaluation:
+    """Metrics of class probabilities against integer labels."""
+    labels = np.arange(len(class_names))
+    y_pred = probabilities.argmax(axis=1)
+    picked = probabilities[np.arange(len(y_true)), y_true]
+    loss = float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+    report = classification_report(y_true, y_pred, labels=labels, target_names=list(class_names),
+                                   output_dict=True, zero_division=0)
+    counts = confusion_matrix(y_true, y_pred, labels=labels)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
+    return Evaluation(tuple(class_names), np.asarray(y_true), probabilities, loss,
+                      float(np.mean(y_pred == y_true)), report, counts, normalized)

@@ -1,0 +1,81 @@
+"""Figures of one run. Each function returns a matplotlib Figure and writes nothing.
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so no
+global figure registry or GUI backend is involved and nothing needs closing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cifar10_mlp.evaluate import Evaluation
+
+
+def all_figures(evaluation: Evaluation, history: dict[str, list[float]], images: np.ndarray,
+                n_mistakes: int) -> dict[str, Figure]:
+    """The run's figures by file name: confusion matrix, mistakes grid, learning curves."""
+    return {
+        "confusion_matrix.png": confusion_matrix(evaluation),
+        "misclassified.png": misclassified_grid(evaluation, images, n_mistakes),
+        "learning_curves.png": learning_curves(history),
+    }
+
+
+def confusion_matrix(evaluation: Evaluation) -> Figure:
+    """Heatmap of the row-normalised confusion matrix, each cell captioned with its count."""
+    names = evaluation.class_names
+    k = len(names)
+    fig = Figure(figsize=(1.0 + 0.75 * k, 0.5 + 0.7 * k), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(evaluation.confusion_normalized, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    for (row, col), count in np.ndenumerate(evaluation.confusion):
+        share = evaluation.confusion_normalized[row, col]
+        ax.text(col, row, f"{count}\n{share:.0%}", ha="center", va="center", fontsize=7,
+                color="white" if share > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Test confusion matrix (accuracy {evaluation.accuracy:.1%})")
+    return fig
+
+
+def misclassified_grid(evaluation: Evaluation, images: np.ndarray, n: int) -> Figure:
+    """The ``n`` most confident mistakes, each captioned true / predicted / confidence."""
+    y_pred = evaluation.y_pred
+    confidence = evaluation.probabilities.max(axis=1)
+    wrong = np.flatnonzero(y_pred != evaluation.y_true)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]
+    cols = max(1, min(5, len(worst)))
+    rows = max(1, int(np.ceil(len(worst) / cols)))
+    fig = Figure(figsize=(2.0 * cols, 2.3 * rows + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    names = evaluation.class_names
+    for ax, i in zip(axes, worst, strict=False):
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_title(f"true: {names[evaluation.y_true[i]]}\npred: {names[y_pred[i]]} "
+                     f"({confidence[i]:.0%})", fontsize=8)
+    fig.suptitle(f"Most confident test mistakes ({len(wrong)} of {len(y_pred)} wrong)"
+                 if len(worst) else "No test mistakes")
+    return fig
+
+
+def learning_curves(history: dict[str, list[float]]) -> Figure:
+    """Loss and accuracy per epoch, training against validation."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = history.get(prefix + metric)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric.capitalize())
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    return fig

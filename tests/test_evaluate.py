@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, precision_score, recall_score
+
+from cifar10_mlp.evaluate import from_probabilities
+
+NAMES = ("cat", "dog", "ship")
+Y_TRUE = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+Y_PRED = np.array([0, 1, 1, 1, 2, 0, 2, 0])
+
+
+def probabilities(y_pred, confidence=0.8):
+    probs = np.full((len(y_pred), 3), (1 - confidence) / 2)
+    probs[np.arange(len(y_pred)), y_pred] = confidence
+    return probs
+
+
+def test_confusion_matrix_counts_and_rows():
+    result = from_probabilities(Y_TRUE, probabilities(Y_PRED), NAMES)
+    assert result.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 2]]
+    np.testing.assert_allclose(result.confusion_normalized.sum(axis=1), 1.0)
+    assert result.confusion_normalized[0, 1] == pytest.approx(1 / 3)
+
+
+def test_metrics_agree_with_scikit_learn_and_hand_counts():
+    metrics = from_probabilities(Y_TRUE, probabilities(Y_PRED), NAMES).metrics()
+    assert metrics["test_accuracy"] == pytest.approx(6 / 8)
+    # by hand from the confusion matrix: cat is predicted 3 times, 2 right; 3 cats exist
+    assert metrics["test_precision_cat"] == pytest.approx(2 / 3)
+    assert metrics["test_recall_cat"] == pytest.approx(2 / 3)
+    assert metrics["test_recall_ship"] == pytest.approx(2 / 3)
+    assert metrics["test_precision_ship"] == pytest.approx(1.0)
+    for average in ("macro", "weighted"):
+        assert metrics[f"test_f1_{average}"] == pytest.approx(
+            f1_score(Y_TRUE, Y_PRED, average=average))
+        assert metrics[f"test_precision_{average}"] == pytest.approx(
+            precision_score(Y_TRUE, Y_PRED, average=average))
+        assert metrics[f"test_recall_{average}"] == pytest.approx(
+            recall_score(Y_TRUE, Y_PRED, average=average))
+
+
+def test_loss_is_cross_entropy_of_the_true_class():
+    result = from_probabilities(Y_TRUE, probabilities(Y_PRED, confidence=0.8), NAMES)
+    right = Y_TRUE == Y_PRED
+    expected = -(right.sum() * np.log(0.8) + (~right).sum() * np.log(0.1)) / len(Y_TRUE)
+    assert result.loss == pytest.approx(expected)
+
+
+def test_a_class_never_seen_gets_zero_not_nan():
+    result = from_probabilities(np.array([0, 0, 1]), probabilities(np.array([0, 1, 1])), NAMES)
+    assert result.metrics()["test_recall_ship"] == 0.0
+    assert result.confusion_normalized[2].tolist() == [0.0, 0.0, 0.0]

@@ -1,0 +1,25 @@
+import pytest
+from mlflow import MlflowClient
+
+from cifar10_mlp import data, tracking
+
+
+def test_a_run_that_raises_ends_failed_with_the_error_recorded(tiny_cfg):
+    split = data.load(tiny_cfg.data, tiny_cfg.seed)
+    with pytest.raises(RuntimeError, match="loss exploded"), \
+            tracking.start_run(tiny_cfg, ["trainer.epochs=2"], split) as run:
+        raise RuntimeError("loss exploded")
+    client = MlflowClient(tiny_cfg.tracking.uri)
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FAILED"
+    assert logged.data.tags["error"] == "RuntimeError: loss exploded"
+    assert logged.data.tags["overrides"] == "trainer.epochs=2"
+    assert logged.data.params["model.hidden"] == "[32, 16]"
+    traceback_file = client.download_artifacts(run.run_id, "error.txt")
+    with open(traceback_file) as f:
+        assert "RuntimeError: loss exploded" in f.read()
+
+
+def test_flatten_gives_dotted_keys():
+    flat = tracking.flatten({"model": {"hidden": [8, 4], "bn": True}, "seed": 1})
+    assert flat == {"model.hidden": "[8, 4]", "model.bn": "True", "seed": "1"}
