@@ -83,6 +83,8 @@ def load(data_cfg, seed: int) -> DataSplit:
     n_val = round(len(y) * data_cfg.val_size)
     val = _stratified_indices(y, n_val, seed, "data.val_size")
     train = np.setdiff1d(np.arange(len(y)), val)
+    log.info("%d classes; %d training, %d validation, %d test images", len(class_names),
+             len(train), len(val), len(y_test))
     return DataSplit(x[train], y[train], x[val], y[val], x_test, y_test, class_names,
                      full.digest, full.source)
 
@@ -100,16 +102,20 @@ def read_cifar10(path: str | os.PathLike | None, cache_dir: str | os.PathLike | 
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; data.path (or $CIFAR10_PATH) must "
                         f"name cifar-10-python.tar.gz or its extracted {BATCH_FOLDER}/ folder")
+    log.info("reading CIFAR-10 from %s", path)
     digest = source_digest(path)
     cache_file = Path(cache_dir).expanduser() / f"cifar10-{digest[:16]}.npz" if cache_dir else None
     if cache_file is not None:
         cached = _read_cache(cache_file, digest, str(path))
         if cached is not None:
+            log.info("decoded arrays from the cache %s", cache_file)
             return cached
+    log.info("decoding the batches (sha256 %s...)", digest[:16])
     batches = dict(_iter_archive(path) if path.is_file() else _iter_folder(path))
     data = _assemble(batches, path, digest)
     if cache_file is not None:
         _write_cache(cache_file, data)
+        log.info("cached the decoded arrays in %s", cache_file)
     return data
 
 

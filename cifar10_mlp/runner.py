@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 from cifar10_mlp import schema
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -25,11 +27,15 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary:
     from cifar10_mlp import data, evaluate, model, plots, preprocess, tracking, train
 
     split = data.load(cfg.data, cfg.seed)
+    log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
     prep = preprocess.fit(cfg.preprocess, split.x_train)
     mlp = model.build(cfg.model, len(split.class_names), prep, cfg.seed)
     with tracking.start_run(cfg, overrides, split) as run:
+        log.info("MLflow run %s: training %s for up to %d epochs", run.run_id,
+                 "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
         history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,
                             callbacks=[run.epoch_logger])
+        log.info("evaluating on the validation and test sets; logging results")
         val = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names,
                                cfg.trainer.batch_size)
         test = evaluate.on_test(mlp, split.x_test, split.y_test, split.class_names,
