@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,23 +14,50 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from cifar10_mlp import runner, schema  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
+from cifar10_mlp.sweep import PARENT_RUN_ENV  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 schema.register_configs()
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def train(cfg: DictConfig) -> float:
-    """`cifar10-mlp`: train, evaluate and log one run; returns validation accuracy."""
+    """`cifar10-mlp`: train, evaluate and log one run; returns validation accuracy.
+
+    In a sweep (-m) a failing job is recorded as a FAILED child run and returns NaN,
+    so the other jobs go on and the sweep's summary counts it.
+    """
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
+    if sweeping and cfg.tracking.run_name is None:
+        cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
+    if cfg.trainer.threads is None:
+        parallel_jobs = (hydra_cfg.launcher.get("n_jobs") or 1) if sweeping else 1
+        cfg.trainer.threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
     try:
-        summary = runner.run(cfg, HydraConfig.get().overrides.task)
+        summary = runner.run(cfg, overrides, parent_run_id)
     except (schema.ConfigError, DataError) as err:
-        sys.exit(f"cifar10-mlp: error: {err}")
+        if not sweeping:
+            sys.exit(f"cifar10-mlp: error: {err}")
+        from cifar10_mlp import tracking
+
+        tracking.record_failed_run(cfg, overrides, parent_run_id, err)
+        log.error("job failed before training: %s", err)
+        return math.nan
+    except Exception:
+        if not sweeping:
+            raise
+        log.exception("job failed; recorded as a FAILED run")
+        return math.nan
     print(
         f"\ntest accuracy {summary.test_accuracy:.4f} | macro F1 {summary.test_f1_macro:.4f} | "
         f"validation accuracy {summary.val_accuracy:.4f}\n"
@@ -35,3 +65,20 @@ def train(cfg: DictConfig) -> float:
         f"see it with: mlflow ui --backend-store-uri {summary.tracking_uri}"
     )
     return summary.val_accuracy
+
+
+def report() -> None:
+    """`cifar10-mlp-report`: compare the runs of a sweep (a parent run id or experiment name)."""
+    parser = argparse.ArgumentParser(prog="cifar10-mlp-report", description=report.__doc__)
+    parser.add_argument("sweep", help="parent run id, or an experiment name (its latest sweep)")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--out", type=Path, default=Path("sweep_report"),
+                        help="folder for runs.csv, runs.md and the best confusion matrix")
+    args = parser.parse_args()
+    from cifar10_mlp import sweep, tracking
+
+    parent = tracking.find_sweep(args.tracking_uri, args.sweep)
+    if parent is None:
+        sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
+                 f"{args.tracking_uri}")
+    sweep.report_sweep(args.tracking_uri, parent, args.out)

@@ -79,3 +79,40 @@ def learning_curves(history: dict[str, list[float]]) -> Figure:
         if ax.lines:
             ax.legend()
     return fig
+
+
+def hyperparameter_scatter(rows: list[dict[str, object]], params: list[str],
+                           metric: str) -> Figure:
+    """One panel per swept hyperparameter: its value against ``metric``, one dot per run.
+
+    Numeric values go on a linear (or, spanning a decade or more, log) axis; anything else,
+    such as a list of layer widths, is placed as a category.
+    """
+    scored = [row for row in rows if isinstance(row.get(metric), float)]
+    params = params or ["run"]
+    fig = Figure(figsize=(4.0 * len(params), 3.6), layout="constrained")
+    for ax, param in zip(np.atleast_1d(fig.subplots(1, len(params))), params, strict=True):
+        values = [str(row[param]) for row in scored]
+        numbers = _as_floats(values)
+        y = [row[metric] for row in scored]
+        if numbers is not None:
+            ax.scatter(numbers, y)
+            positive = [v for v in numbers if v > 0]
+            if len(positive) == len(numbers) and positive and max(positive) >= 10 * min(positive):
+                ax.set_xscale("log")
+        else:
+            categories = sorted(set(values))
+            ax.scatter([categories.index(v) for v in values], y)
+            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{metric} by hyperparameter ({len(scored)} finished runs)")
+    return fig
+
+
+def _as_floats(values: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None

@@ -21,16 +21,21 @@ class RunSummary:
     test_f1_macro: float
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary:
-    """Train and evaluate the model ``cfg`` describes, logging everything to MLflow."""
+def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None
+        ) -> RunSummary:
+    """Train and evaluate the model ``cfg`` describes, logging everything to MLflow.
+
+    ``parent_run_id`` files the run under a sweep's parent run.
+    """
     schema.validate(cfg)  # fail fast, before TensorFlow is imported
     from cifar10_mlp import data, evaluate, model, plots, preprocess, tracking, train
 
+    train.limit_threads(cfg.trainer.threads)
     split = data.load(cfg.data, cfg.seed)
     log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
     prep = preprocess.fit(cfg.preprocess, split.x_train)
     mlp = model.build(cfg.model, len(split.class_names), prep, cfg.seed)
-    with tracking.start_run(cfg, overrides, split) as run:
+    with tracking.start_run(cfg, overrides, split, parent_run_id) as run:
         log.info("MLflow run %s: training %s for up to %d epochs", run.run_id,
                  "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
         history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,

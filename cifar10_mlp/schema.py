@@ -115,6 +115,7 @@ class TrainerConfig:
     label_smoothing: float = MISSING
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     jit_compile: bool = MISSING
+    threads: int | None = MISSING
     verbose: int = MISSING
 
 
@@ -208,6 +209,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.trainer.epochs >= 1, "trainer.epochs", cfg.trainer.epochs, "an integer >= 1")
     _require(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size,
              "an integer >= 1")
+    _require(cfg.trainer.threads is None or cfg.trainer.threads >= 1, "trainer.threads",
+             cfg.trainer.threads, "null or an integer >= 1")
     _require(0 <= cfg.trainer.label_smoothing < 1, "trainer.label_smoothing",
              cfg.trainer.label_smoothing, "a value in [0, 1)")
     _require(cfg.trainer.early_stopping.mode in ("min", "max"), "trainer.early_stopping.mode",

@@ -33,6 +33,42 @@ class LearningRateSetter(keras.callbacks.Callback):
             logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
 
 
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises as soon as the training loss is NaN or infinite, naming the epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(f"training loss became {float(loss)} in epoch "
+                                   f"{self.epoch + 1}, batch {batch + 1}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; the run cannot recover."""
+
+
+def limit_threads(threads: int) -> None:
+    """Use ``threads`` cores for TensorFlow's op pools; a no-op once TensorFlow has started.
+
+    A worker process that runs several sweep jobs gets the same count each time, so
+    only the first call matters.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # TensorFlow already initialised in this process
+        pass
+
+
 def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedule_cfg,
         seed: int, callbacks: Sequence[keras.callbacks.Callback] = ()
         ) -> keras.callbacks.History:
@@ -68,7 +104,8 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         epochs=trainer_cfg.epochs,
         validation_data=(split.x_val, one_hot(split.y_val, n_classes)),
         shuffle=True,
-        callbacks=[LearningRateSetter(schedule, steps_per_epoch), best_epoch, *callbacks],
+        callbacks=[LearningRateSetter(schedule, steps_per_epoch), StopOnDivergence(), best_epoch,
+                   *callbacks],
         verbose=trainer_cfg.verbose,
     )
 

@@ -1,0 +1,86 @@
+"""Multirun bookkeeping as a Hydra callback: one MLflow parent run per sweep, a report at the end.
+
+The parent (with the SQLite store and experiment) is created in the launching process
+before any job starts; jobs find its id in ``PARENT_RUN_ENV``, which every launcher's
+workers inherit, and open their runs as its children.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cifar10_mlp import plots, report, tracking
+
+PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
+
+log = logging.getLogger(__name__)
+
+
+class SweepTracker(Callback):
+    """Opens the sweep's parent run before the jobs, and closes it with a report after them."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweeper = config.hydra.sweeper
+        swept = {f"sweep.{key}": value for key, value in
+                 (o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)}
+        swept |= {f"sweep.{key}": str(value)
+                  for key, value in (sweeper.get("params") or {}).items()}
+        study = sweeper.get("study_name")
+        self.parent_run_id = tracking.open_sweep(
+            config.tracking.uri,
+            config.tracking.experiment,
+            run_name=f"sweep {study}" if study else "sweep",
+            tags={"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])},
+            params=swept,
+            resume_key=f"{sweeper.storage}#{study}" if study else None,
+        )
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        log.info("sweep parent MLflow run %s", self.parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.parent_run_id is None:
+            return
+        outcome = report_sweep(config.tracking.uri, self.parent_run_id,
+                               Path(config.hydra.sweep.dir))
+        os.environ.pop(PARENT_RUN_ENV, None)
+        if outcome.n_failed:
+            sys.exit(f"cifar10-mlp: {outcome.n_failed} of {len(outcome.rows)} sweep jobs "
+                     "failed; see the report above and their runs' `error` tags")
+
+
+def report_sweep(uri: str, parent_run_id: str, out_dir: Path) -> report.SweepReport:
+    """Build the comparison report of a sweep, write it to ``out_dir``, log it to the parent."""
+    outcome = report.build(tracking.sweep_children(uri, parent_run_id))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [report.write_csv(outcome, out_dir / "runs.csv")]
+    (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
+    files.append(out_dir / "runs.md")
+    tags = {"sweep_summary": report.summary_line(outcome)}
+    metrics = {"n_finished": outcome.n_finished, "n_failed": outcome.n_failed}
+    if outcome.best is not None:
+        tags["best_run_id"] = outcome.best.run_id
+        metrics |= {f"best_{k}": v for k, v in outcome.best.metrics.items()
+                    if k in report.METRIC_COLUMNS}
+        with tempfile.TemporaryDirectory() as tmp:
+            matrix = tracking.download_artifact(uri, outcome.best.run_id,
+                                                "plots/confusion_matrix.png", Path(tmp))
+            if matrix is not None:
+                best_matrix = out_dir / "best_confusion_matrix.png"
+                best_matrix.write_bytes(matrix.read_bytes())
+                files.append(best_matrix)
+    figure = plots.hyperparameter_scatter(outcome.rows, outcome.swept, report.SELECTION_METRIC)
+    tracking.close_sweep(uri, parent_run_id, tags, metrics, files,
+                         {"val_accuracy_by_hyperparameter.png": figure})
+    print(f"\nSweep {parent_run_id}: {report.summary_line(outcome)}\n"
+          f"{report.to_markdown(outcome)}\nreport: {out_dir}\n")
+    return outcome

@@ -1,0 +1,141 @@
+"""Sweeps end to end: multiruns as subprocesses on the tiny archive, a real SQLite store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_overrides
+from mlflow import MlflowClient
+
+CLI = Path(sys.executable).parent
+GRID = ["model.hidden=[16],[32,16]", "optimizer.lr=0.01,0.001"]
+
+
+def sweep_overrides(tiny, tmp_path):
+    """The tiny run's overrides, 1 epoch, minus the experiment (each test names its own)."""
+    return [o for o in tiny_overrides(tiny, tmp_path)
+            if not o.startswith(("trainer.epochs", "model.hidden"))] + ["trainer.epochs=1"]
+
+
+def run(command, args, cwd, timeout=600):
+    return subprocess.run([str(CLI / command), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def runs_of(uri, experiment):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.mark.slow
+def test_parallel_grid_sweep_groups_runs_under_one_parent_with_a_report(tiny_cifar, tmp_path):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            *sweep_overrides(tiny_cifar, tmp_path), *GRID]
+    done = run("cifar10-mlp", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, (parent,), children = runs_of(uri, "tests")
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    for child in children:  # every parallel job's metrics arrived
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] \
+            == [1]
+        assert "test_accuracy" in child.data.metrics
+        assert child.data.params["trainer.threads"] == str(max(1, os.cpu_count() // 2))
+    # the parent records the command, the swept values and the outcome
+    assert parent.data.params["sweep.model.hidden"] == "[16],[32,16]"
+    assert parent.data.params["sweep.optimizer.lr"] == "0.01,0.001"
+    assert "optimizer.lr=0.01,0.001" in parent.data.tags["sweep_command"]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["n_finished"] == 4 and parent.data.metrics["n_failed"] == 0
+    best = max(children, key=lambda c: c.data.metrics["selected_val_accuracy"])
+    assert parent.data.metrics["best_selected_val_accuracy"] == \
+        best.data.metrics["selected_val_accuracy"]
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert report_files == {"report/runs.csv", "report/runs.md", "report/best_confusion_matrix.png",
+                            "report/val_accuracy_by_hyperparameter.png"}
+    # the terminal shows the table: a header and one row per job
+    assert "| run | status | model.hidden | optimizer.lr |" in done.stdout
+    assert sum(line.startswith("| job ") for line in done.stdout.splitlines()) == 4
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    csv_lines = (sweep_dir / "runs.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("run,status,model.hidden,optimizer.lr,selected_val_accuracy")
+    assert len(csv_lines) == 5
+
+    # on demand, by experiment name: the same table from the store
+    again = run("cifar10-mlp-report", ["tests", "--tracking-uri", uri, "--out",
+                                       str(tmp_path / "again")], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "again" / "runs.md").read_text() == (sweep_dir / "runs.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_others_finish(tiny_cifar, tmp_path):
+    args = ["-m", *sweep_overrides(tiny_cifar, tmp_path), "model.hidden=[16]",
+            "model.dropout=0.1,1.5", "optimizer.lr=0.01,1e12"]
+    done = run("cifar10-mlp", args, tmp_path)
+    assert done.returncode != 0
+    assert "3 of 4 sweep jobs failed" in done.stderr
+    _, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    by_values = {(c.data.params["model.dropout"], c.data.params["optimizer.lr"]): c
+                 for c in children}
+    assert by_values[("0.1", "0.01")].info.status == "FINISHED"
+    diverged = by_values[("0.1", "1000000000000.0")]
+    assert diverged.info.status == "FAILED"
+    assert diverged.data.tags["error"].startswith("TrainingDiverged: training loss became")
+    bad_config = by_values[("1.5", "0.01")]
+    assert bad_config.info.status == "FAILED"
+    assert bad_config.data.tags["error"] == (
+        "ConfigError: model.dropout=1.5 is not allowed: expected a value in [0, 1)")
+    assert "FAILED" in done.stdout and "ConfigError" in done.stdout  # listed in the summary
+
+
+def optuna_args(tiny, tmp_path, n_trials):
+    return ["hparams_search=mlp_optuna", f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+            "model.hidden=choice([8],[16])",
+            *sweep_overrides(tiny, tmp_path)]
+
+
+def complete_trials(tmp_path):
+    try:
+        study = optuna.load_study(study_name="mlp_optuna",
+                                  storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    except KeyError:  # not created yet
+        return []
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+@pytest.mark.slow
+def test_killed_optuna_search_resumes_to_the_full_number_of_trials(tiny_cifar, tmp_path):
+    args = optuna_args(tiny_cifar, tmp_path, n_trials=6)
+    first = subprocess.Popen([str(CLI / "cifar10-mlp"), *args], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(complete_trials(tmp_path)) < 2 and first.poll() is None:
+        assert time.monotonic() < deadline, "the search never finished two trials"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert 2 <= len(complete_trials(tmp_path)) < 6
+
+    done = run("cifar10-mlp", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(complete_trials(tmp_path)) == 6
+    _, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    values = sorted(t.value for t in complete_trials(tmp_path))
+    assert values == sorted(c.data.metrics["selected_val_accuracy"] for c in finished)
