@@ -17,7 +17,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                       reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
+                       reason="needs Debian's chromium and chromium-driver (.ci/run has them)"),
 ]
 
 
