@@ -20,7 +20,7 @@ class SweepReport:
     rows: list[dict[str, object]]  # one per run, best validation accuracy first
     best: ChildRun | None
     n_finished: int
-    n_failed: int  # FAILED or KILLED
+    n_failed: int  # FAILED; KILLED runs (of an interrupted, resumed search) are listed only
 
     @property
     def columns(self) -> list[str]:
@@ -43,7 +43,7 @@ def build(children: list[ChildRun]) -> SweepReport:
             for run in ranked]
     best = ranked[0] if finished else None
     return SweepReport(swept, rows, best, len(finished),
-                       sum(run.status in ("FAILED", "KILLED") for run in children))
+                       sum(run.status == "FAILED" for run in children))
 
 
 def write_csv(report: SweepReport, path: Path) -> Path:

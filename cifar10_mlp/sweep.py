@@ -54,8 +54,8 @@ class SweepTracker(Callback):
                                Path(config.hydra.sweep.dir))
         os.environ.pop(PARENT_RUN_ENV, None)
         if outcome.n_failed:
-            sys.exit(f"cifar10-mlp: {outcome.n_failed} of {len(outcome.rows)} sweep jobs "
-                     "failed; see the report above and their runs' `error` tags")
+            sys.exit(f"cifar10-mlp: {outcome.n_failed} of {outcome.n_finished + outcome.n_failed} "
+                     "sweep jobs failed; see the report above and their runs' `error` tags")
 
 
 def report_sweep(uri: str, parent_run_id: str, out_dir: Path) -> report.SweepReport:

@@ -24,7 +24,7 @@ def test_report_ranks_by_validation_and_finds_what_was_swept():
     assert built.swept == ["optimizer.lr"]  # seed is constant, split.* is derived
     assert [row["run"] for row in built.rows] == ["c", "a", "b", "d"]
     assert built.best.name == "c"
-    assert (built.n_finished, built.n_failed) == (2, 2)
+    assert (built.n_finished, built.n_failed) == (2, 1)  # KILLED is listed, not counted
     assert built.rows[2]["error"] == "boom"
 
 

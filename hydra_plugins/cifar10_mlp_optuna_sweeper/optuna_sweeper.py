@@ -61,7 +61,6 @@ class OptunaSweeper(Sweeper):
         self.seed = seed
         self.params = dict(params or {})
         self.launcher = None
-        self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -76,15 +75,18 @@ class OptunaSweeper(Sweeper):
                  if not o.is_sweep_override()]
         space = {o.get_key_element(): distribution(o) for o in searched}
         study = optuna.create_study(study_name=self.study_name, storage=self.storage,
-                                    direction=self.direction, load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=self.seed))
+                                    direction=self.direction, load_if_exists=True)
+        # offset by the trials already stored, so a resumed search draws new values
+        # instead of replaying the first session's random sequence
+        study.sampler = optuna.samplers.TPESampler(
+            seed=None if self.seed is None else self.seed + len(study.trials))
         retry_interrupted(study)
         while (remaining := self.n_trials - counted_trials(study)) > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
             jobs = [[*fixed, *(f"{key}={as_override(v)}" for key, v in trial.params.items())]
                     for trial in trials]
-            returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
-            self.job_idx += len(jobs)
+            # job numbers are trial numbers, unique across resumed sessions
+            returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
             for trial, ret in zip(trials, returns, strict=True):
                 value = ret.return_value if ret.status == JobStatus.COMPLETED else None
                 if isinstance(value, float) and math.isfinite(value):
