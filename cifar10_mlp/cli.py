@@ -19,9 +19,12 @@ from omegaconf import DictConfig  # noqa: E402
 
 from cifar10_mlp import runner, schema  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
-from cifar10_mlp.sweep import PARENT_RUN_ENV  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
+# not MLFLOW_RUN_ID, which MLflow would take as a run to resume
+PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
 
 schema.register_configs()
 log = logging.getLogger(__name__)
@@ -65,6 +68,19 @@ def train(cfg: DictConfig) -> float:
         f"see it with: mlflow ui --backend-store-uri {summary.tracking_uri}"
     )
     return summary.val_accuracy
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def eda(cfg: DictConfig) -> None:
+    """`cifar10-mlp-eda`: a report on the data as a run with this config would see it."""
+    from cifar10_mlp import eda as exploration
+
+    try:
+        schema.validate(cfg)
+        run_id, page = exploration.explore(cfg, HydraConfig.get().overrides.task)
+    except (schema.ConfigError, DataError) as err:
+        sys.exit(f"cifar10-mlp-eda: error: {err}")
+    print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
 
 
 def report() -> None:

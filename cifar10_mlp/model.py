@@ -8,15 +8,18 @@ from cifar10_mlp import preprocess
 from cifar10_mlp.data import IMAGE_SHAPE
 
 
-def build(model_cfg, n_classes: int, prep: preprocess.Preprocessing, seed: int) -> keras.Model:
+def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing, seed: int
+          ) -> keras.Model:
     """Build the Keras MLP described by a ``model`` config node.
 
-    Each hidden block is Dense -> [BatchNormalization] -> activation -> [Dropout];
-    ``seed`` makes the initial weights and dropout masks reproducible.
+    Training-time augmentation (``augment``) comes first, then the fitted preprocessing;
+    each hidden block is Dense -> [BatchNormalization] -> activation -> [Dropout];
+    ``seed`` makes the initial weights, augmentation and dropout reproducible.
     """
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
     x = inputs
-    for layer in preprocess.as_layers(prep):
+    for layer in [*preprocess.augmentation_layers(augment_cfg, seed),
+                  *preprocess.as_layers(prep)]:
         x = layer(x)
     regularizer = keras.regularizers.L2(model_cfg.weight_decay) if model_cfg.weight_decay else None
     for i, width in enumerate(model_cfg.hidden, start=1):

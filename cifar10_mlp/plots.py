@@ -116,3 +116,88 @@ def _as_floats(values: list[str]) -> list[float] | None:
         return [float(v) for v in values]
     except ValueError:
         return None
+
+
+# --- dataset exploration -------------------------------------------------------------------
+
+CHANNELS = (("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue"))
+
+
+def class_counts(counts: dict[str, list[int]], class_names: tuple[str, ...]) -> Figure:
+    """Images per class, one bar group per class, one bar per split."""
+    fig = Figure(figsize=(1.0 + 0.9 * len(class_names), 4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(counts)
+    for i, (split, values) in enumerate(counts.items()):
+        bars = ax.bar(np.arange(len(class_names)) + i * width, values, width, label=split)
+        ax.bar_label(bars, fontsize=6)
+    ax.set_xticks(np.arange(len(class_names)) + 0.4 - width / 2, class_names, rotation=30,
+                  ha="right")
+    ax.set_ylabel("images")
+    ax.set_title("Images per class and split")
+    ax.legend()
+    return fig
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
+                per_class: int) -> Figure:
+    """The first ``per_class`` images of every class, one row per class."""
+    fig = Figure(figsize=(1.1 * per_class + 1.2, 1.1 * len(class_names)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(class_names), per_class, squeeze=False))
+    for c, row in enumerate(axes):
+        picks = np.flatnonzero(labels == c)[:per_class]
+        for ax, i in zip(row, [*picks, *[None] * (per_class - len(picks))], strict=True):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i is not None:
+                ax.imshow(images[i], interpolation="nearest")
+        row[0].set_ylabel(class_names[c], rotation=0, ha="right", va="center")
+    fig.suptitle("Training images by class")
+    return fig
+
+
+def channel_histograms(before: np.ndarray, after: np.ndarray, preprocess_name: str) -> Figure:
+    """Per-channel pixel histograms of raw training images and of the preprocessed ones."""
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    for ax, values, title in zip(fig.subplots(1, 2), (before, after),
+                                 ("raw pixels (0-255)", f"after {preprocess_name}"),
+                                 strict=True):
+        channels = values.reshape(-1, 3)
+        for c, (name, colour) in enumerate(CHANNELS):
+            ax.hist(channels[:, c], bins=64, histtype="step", color=colour,
+                    label=f"{name}: mean {channels[:, c].mean():.3g}, "
+                          f"std {channels[:, c].std():.3g}")
+        ax.set_title(title)
+        ax.set_ylabel("values")
+        ax.legend(fontsize=7)
+    fig.suptitle("Pixel values of the training split")
+    return fig
+
+
+def class_mean_images(means: np.ndarray, class_names: tuple[str, ...]) -> Figure:
+    """The mean training image of each class."""
+    fig = Figure(figsize=(1.5 * len(class_names), 2.0), layout="constrained")
+    for ax, image, name in zip(np.atleast_1d(fig.subplots(1, len(class_names))), means,
+                               class_names, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle("Mean training image per class")
+    return fig
+
+
+def projections(points: dict[str, np.ndarray], class_names: tuple[str, ...]) -> Figure:
+    """PCA (and t-SNE, when computed) of training images, coloured by class."""
+    panels = [("pca", "labels", "PCA")] + ([("tsne", "tsne_labels", "t-SNE")]
+                                           if "tsne" in points else [])
+    fig = Figure(figsize=(6 * len(panels) + 1.5, 5.5), layout="constrained")
+    for ax, (key, labels_key, title) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels,
+                                            strict=True):
+        xy, labels = points[key], points[labels_key]
+        for c, name in enumerate(class_names):
+            ax.scatter(*xy[labels == c].T, s=4, alpha=0.6, label=name)
+        ax.set_title(f"{title} of {len(labels)} training images")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.axes[-1].legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    return fig

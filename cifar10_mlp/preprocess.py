@@ -60,6 +60,20 @@ def as_layers(prep: Preprocessing) -> list:
     return layers
 
 
+def augmentation_layers(augment_cfg, seed: int) -> list:
+    """Random flips and translations of the raw image; Keras applies them only in training."""
+    import keras
+
+    layers = []
+    if augment_cfg.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="random_flip"))
+    if augment_cfg.translate > 0:
+        layers.append(keras.layers.RandomTranslation(
+            augment_cfg.translate, augment_cfg.translate, fill_mode="reflect", seed=seed,
+            name="random_translation"))
+    return layers
+
+
 def _normalization(prep: Preprocessing):
     import keras
 

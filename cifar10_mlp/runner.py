@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
@@ -11,6 +13,7 @@ from omegaconf import DictConfig
 from cifar10_mlp import schema
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -31,25 +34,41 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     from cifar10_mlp import data, evaluate, model, plots, preprocess, tracking, train
 
     train.limit_threads(cfg.trainer.threads)
-    split = data.load(cfg.data, cfg.seed)
-    log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
-    prep = preprocess.fit(cfg.preprocess, split.x_train)
-    mlp = model.build(cfg.model, len(split.class_names), prep, cfg.seed)
+    seconds: dict[str, float] = {}
+    with stopwatch(seconds, "data"):
+        split = data.load(cfg.data, cfg.seed)
+        log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
+        prep = preprocess.fit(cfg.preprocess, split.x_train)
+    mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
     with tracking.start_run(cfg, overrides, split, parent_run_id) as run:
         log.info("MLflow run %s: training %s for up to %d epochs", run.run_id,
                  "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
-        history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,
-                            callbacks=[run.epoch_logger])
+        with stopwatch(seconds, "train"):
+            history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,
+                                callbacks=[run.epoch_logger])
         log.info("evaluating on the validation and test sets; logging results")
-        val = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names,
-                               cfg.trainer.batch_size)
-        test = evaluate.on_test(mlp, split.x_test, split.y_test, split.class_names,
-                                cfg.trainer.batch_size)
-        figures = plots.all_figures(test, history.history, split.x_test,
-                                    cfg.evaluation.misclassified_grid)
-        run.log_result(test, figures, extra_metrics={"selected_val_accuracy": val.accuracy,
-                                                     "epochs_trained": len(history.epoch)})
-        if cfg.tracking.log_model:
-            run.log_model(mlp, split.x_test[:5])
+        with stopwatch(seconds, "evaluate"):
+            val = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names,
+                                   cfg.trainer.batch_size)
+            test = evaluate.on_test(mlp, split.x_test, split.y_test, split.class_names,
+                                    cfg.trainer.batch_size)
+            figures = plots.all_figures(test, history.history, split.x_test,
+                                        cfg.evaluation.misclassified_grid)
+        with stopwatch(seconds, "logging"):
+            run.log_result(test, figures, extra_metrics={"selected_val_accuracy": val.accuracy,
+                                                         "epochs_trained": len(history.epoch)})
+            if cfg.tracking.log_model:
+                run.log_model(mlp, split.x_test[:5])
+        run.log_metrics({f"time_{stage}_seconds": s for stage, s in seconds.items()})
     return RunSummary(run.run_id, run.tracking_uri, val.accuracy, test.accuracy,
                       test.report["macro avg"]["f1-score"])
+
+
+@contextmanager
+def stopwatch(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall time of the block to ``seconds[stage]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start

@@ -53,6 +53,12 @@ class ZCAConfig(PreprocessConfig):
 
 
 @dataclass
+class AugmentConfig:
+    horizontal_flip: bool = MISSING
+    translate: float = MISSING
+
+
+@dataclass
 class ModelConfig:
     hidden: list[int] = MISSING
     activation: str = MISSING
@@ -125,6 +131,15 @@ class EvaluationConfig:
 
 
 @dataclass
+class EdaConfig:
+    samples_per_class: int = MISSING
+    projection_samples: int = MISSING
+    tsne_samples: int = MISSING
+    experiment: str = MISSING
+    out_dir: str = MISSING
+
+
+@dataclass
 class TrackingConfig:
     uri: str = MISSING
     experiment: str = MISSING
@@ -136,12 +151,14 @@ class TrackingConfig:
 class Config:
     data: DataConfig = MISSING
     preprocess: Any = MISSING
+    augment: AugmentConfig = MISSING
     model: ModelConfig = MISSING
     optimizer: Any = MISSING
     schedule: Any = MISSING
     trainer: TrainerConfig = MISSING
     evaluation: EvaluationConfig = MISSING
     tracking: TrackingConfig = MISSING
+    eda: EdaConfig = MISSING
     seed: int = MISSING
 
 
@@ -152,6 +169,7 @@ def register_configs() -> None:
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="preprocess", name="preprocess_schema", node=PreprocessConfig)
     cs.store(group="preprocess", name="zca_schema", node=ZCAConfig)
+    cs.store(group="augment", name="augment_schema", node=AugmentConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
@@ -162,6 +180,7 @@ def register_configs() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    cs.store(group="eda", name="eda_schema", node=EdaConfig)
 
 
 PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca")
@@ -191,6 +210,8 @@ def validate(cfg: DictConfig) -> None:
                  "null or an integer >= 2")
     _require(cfg.preprocess.name in PREPROCESS_NAMES, "preprocess.name", cfg.preprocess.name,
              f"one of {', '.join(PREPROCESS_NAMES)}")
+    _require(0 <= cfg.augment.translate < 0.5, "augment.translate", cfg.augment.translate,
+             "a fraction of the image size in [0, 0.5)")
     _require(len(cfg.model.hidden) >= 1 and all(w >= 1 for w in cfg.model.hidden),
              "model.hidden", list(cfg.model.hidden), "a non-empty list of positive integers")
     _require(cfg.model.activation in ACTIVATIONS, "model.activation", cfg.model.activation,

@@ -1,8 +1,8 @@
 """Multirun bookkeeping as a Hydra callback: one MLflow parent run per sweep, a report at the end.
 
 The parent (with the SQLite store and experiment) is created in the launching process
-before any job starts; jobs find its id in ``PARENT_RUN_ENV``, which every launcher's
-workers inherit, and open their runs as its children.
+before any job starts; jobs find its id in ``cli.PARENT_RUN_ENV``, which every
+launcher's workers inherit, and open their runs as its children.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifar10_mlp import plots, report, tracking
-
-PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
+from cifar10_mlp.cli import PARENT_RUN_ENV
 
 log = logging.getLogger(__name__)
 

@@ -67,6 +67,9 @@ class TrackedRun:
         for file_name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{file_name}")
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, run_id=self.run_id)
+
     def log_model(self, model: keras.Model, input_example: np.ndarray) -> None:
         """The Keras model, with a signature and an input example of raw uint8 images."""
         # mlflow.keras.log_model(input_example=...) writes the example before it creates
@@ -88,14 +91,16 @@ class TrackedRun:
 
 @contextmanager
 def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None,
-              parent_run_id: str | None = None) -> Iterator[TrackedRun]:
+              parent_run_id: str | None = None, experiment: str | None = None
+              ) -> Iterator[TrackedRun]:
     """Open a run in ``cfg.tracking``'s store and log the config, data and code version.
 
     ``parent_run_id`` makes it a child of a sweep's parent run; ``split`` is None only
-    for a run recorded as failed before its data was loaded.
+    for a run recorded as failed before its data was loaded; ``experiment`` replaces
+    ``cfg.tracking.experiment``.
     """
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    mlflow.set_experiment(cfg.tracking.experiment)
+    mlflow.set_experiment(experiment or cfg.tracking.experiment)
     tags = {"overrides": " ".join(overrides) or "(defaults)", **_git_tags()}
     with mlflow.start_run(run_name=cfg.tracking.run_name, tags=tags,
                           parent_run_id=parent_run_id) as active:
@@ -261,3 +266,15 @@ def download_artifact(uri: str, run_id: str, path: str, destination: Path) -> Pa
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+
+def log_eda(cfg: DictConfig, overrides: Sequence[str], split: DataSplit, statistics: dict,
+            figures: dict[str, Figure], html: Path) -> str:
+    """One run in the ``eda.experiment`` experiment: config, data, statistics, figures, page."""
+    with start_run(cfg, overrides, split, experiment=cfg.eda.experiment) as run:
+        mlflow.log_dict(statistics, "statistics.json")
+        for file_name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{file_name}")
+        mlflow.log_artifact(str(html))
+    return run.run_id

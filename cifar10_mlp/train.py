@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import keras
@@ -31,6 +32,17 @@ class LearningRateSetter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_seconds``, the wall time of each epoch (validation included), to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self.start
 
 
 class StopOnDivergence(keras.callbacks.Callback):
@@ -104,8 +116,8 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         epochs=trainer_cfg.epochs,
         validation_data=(split.x_val, one_hot(split.y_val, n_classes)),
         shuffle=True,
-        callbacks=[LearningRateSetter(schedule, steps_per_epoch), StopOnDivergence(), best_epoch,
-                   *callbacks],
+        callbacks=[LearningRateSetter(schedule, steps_per_epoch), StopOnDivergence(), EpochTimer(),
+                   best_epoch, *callbacks],
         verbose=trainer_cfg.verbose,
     )
 

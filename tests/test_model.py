@@ -12,10 +12,13 @@ def model_cfg(**changes):
     return OmegaConf.create({**base, **changes})
 
 
-def build(n_classes=10, **changes):
+NO_AUGMENTATION = OmegaConf.create({"horizontal_flip": False, "translate": 0.0})
+
+
+def build(n_classes=10, augment=NO_AUGMENTATION, **changes):
     prep = preprocess.fit(OmegaConf.create({"name": "scale"}),
                           np.zeros((2, 32, 32, 3), np.uint8))
-    return model.build(model_cfg(**changes), n_classes, prep, seed=0)
+    return model.build(model_cfg(**changes), augment, n_classes, prep, seed=0)
 
 
 def dense_units(mlp):
@@ -63,3 +66,23 @@ def test_same_seed_same_initial_weights():
     first, second = build(), build()
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_augmentation_acts_in_training_only():
+    augment = OmegaConf.create({"horizontal_flip": True, "translate": 0.2})
+    mlp = build(augment=augment)
+    assert {"random_flip", "random_translation"} <= {layer.name for layer in mlp.layers}
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    inference = [mlp(images, training=False).numpy() for _ in range(3)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    np.testing.assert_array_equal(inference[0], inference[2])
+    np.testing.assert_allclose(inference[0], mlp.predict(images, verbose=0), rtol=1e-5)
+    # the same images through the same weights differ once the random layers are on
+    training = mlp(images, training=True).numpy()
+    assert not np.allclose(training, inference[0], atol=1e-3)
+
+
+def test_augmentation_leaves_the_weights_unchanged():
+    plain = build()
+    augmented = build(augment=OmegaConf.create({"horizontal_flip": True, "translate": 0.1}))
+    assert trainable_count(plain) == trainable_count(augmented)

@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""Measure what decides whether the tool is fast: matmul peak, training throughput, data
+loading, the framework's own overhead, and the presets' time to accuracy.
+
+    python scripts/benchmark.py                      # real data from $CIFAR10_PATH
+    python scripts/benchmark.py --presets fast_mlp,best_mlp --out benchmark.json
+
+Timings are medians over --repeats; ratios (achieved / peak) are measured in the same run.
+Achieved GFLOP/s counts 6 x trainable parameters x samples (forward 2, backward 4 per weight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cifar10_mlp import cli  # noqa: E402,F401  (registers the config schemas)
+
+CLI = str(Path(sys.executable).parent / "cifar10-mlp")
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int, repeats: int) -> float:
+    """float32 GFLOP/s of an n x n matmul through numpy's BLAS."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    a @ b  # warm-up
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def load_times(path: str, repeats: int) -> dict[str, float]:
+    """Decoding the archive (cold, empty cache) against reading the decoded cache (warm)."""
+    from cifar10_mlp.data import read_cifar10
+
+    def cold():
+        with tempfile.TemporaryDirectory() as cache:
+            read_cifar10(path, cache)
+
+    with tempfile.TemporaryDirectory() as cache:
+        read_cifar10(path, cache)
+        warm = median_seconds(lambda: read_cifar10(path, cache), repeats)
+    return {"cold_seconds": median_seconds(cold, repeats), "warm_seconds": warm}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, epochs: int,
+                     repeats: int, peak: float, extra: list[str]) -> dict:
+    """Samples/s of the training loop for one MLP, epochs after the first (compile) one."""
+    from cifar10_mlp import data, model, optim, preprocess, train
+
+    cfg = compose([f"data.path={path}", f"data.cache_dir={cache}",
+                   f"model.hidden=[{','.join(map(str, hidden))}]", *extra])
+    split = data.load(cfg.data, cfg.seed)
+    x, y = split.x_train[:n_images], train.one_hot(split.y_train[:n_images], 10)
+    prep = preprocess.fit(cfg.preprocess, x)
+    mlp = model.build(cfg.model, cfg.augment, 10, prep, cfg.seed)
+    mlp.compile(optimizer=optim.build(cfg.optimizer), loss="categorical_crossentropy",
+                jit_compile=cfg.trainer.jit_compile)
+    fit = lambda: mlp.fit(x, y, batch_size=cfg.trainer.batch_size, epochs=epochs,  # noqa: E731
+                          verbose=0)
+    fit()  # compile and warm up
+    seconds = median_seconds(fit, repeats) / epochs
+    params = sum(int(np.prod(w.shape)) for w in mlp.trainable_weights)
+    samples_per_second = len(x) / seconds
+    achieved = 6 * params * samples_per_second / 1e9
+    return {"hidden": hidden, "batch_size": cfg.trainer.batch_size, "params": params,
+            "samples_per_second": samples_per_second, "gflops": achieved,
+            "ratio_to_peak": achieved / peak,
+            "epoch_seconds_full_train_set": 45_000 / samples_per_second}
+
+
+def cli_run(overrides: list[str], workdir: Path) -> dict:
+    """Run `cifar10-mlp` and read its stage timings and metrics back from MLflow."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    start = time.perf_counter()
+    done = subprocess.run([CLI, *overrides, f"tracking.uri={uri}",
+                           "tracking.experiment=benchmark", "trainer.verbose=0"],
+                          cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"cifar10-mlp {' '.join(overrides)} failed:\n{done.stderr[-3000:]}")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("benchmark")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
+                             max_results=1)[0]
+    epochs = client.get_metric_history(run.info.run_id, "epoch_seconds")
+    val = client.get_metric_history(run.info.run_id, "val_accuracy")
+    return {"wall_seconds": wall, "metrics": dict(run.data.metrics),
+            "epoch_seconds": [m.value for m in sorted(epochs, key=lambda m: m.step)],
+            "val_accuracy": [m.value for m in sorted(val, key=lambda m: m.step)]}
+
+
+def overhead(path: str, cache: str, workdir: Path, repeats: int) -> dict[str, float]:
+    """Whole-command wall time minus the time inside training and evaluation."""
+    runs = [cli_run([f"data.path={path}", f"data.cache_dir={cache}", "debug=fast",
+                     "tracking.log_model=true"], workdir) for _ in range(repeats)]
+
+    def med(fn):
+        return statistics.median(fn(r) for r in runs)
+
+    return {
+        "wall_seconds": med(lambda r: r["wall_seconds"]),
+        "train_seconds": med(lambda r: r["metrics"]["time_train_seconds"]),
+        "evaluate_seconds": med(lambda r: r["metrics"]["time_evaluate_seconds"]),
+        "data_seconds": med(lambda r: r["metrics"]["time_data_seconds"]),
+        "mlflow_logging_seconds": med(lambda r: r["metrics"]["time_logging_seconds"]),
+        "overhead_seconds": med(lambda r: r["wall_seconds"] - r["metrics"]["time_train_seconds"]
+                                - r["metrics"]["time_evaluate_seconds"]),
+    }
+
+
+def preset(name: str, path: str, cache: str, workdir: Path) -> dict:
+    """A preset's test accuracy, training time and the time its validation accuracy took."""
+    result = cli_run([f"data.path={path}", f"data.cache_dir={cache}", f"experiment={name}",
+                      "tracking.log_model=false"], workdir)
+    elapsed = np.cumsum(result["epoch_seconds"])
+    best = max(result["val_accuracy"])
+    reached = next(i for i, v in enumerate(result["val_accuracy"]) if v >= 0.99 * best)
+    return {"test_accuracy": result["metrics"]["test_accuracy"],
+            "train_seconds": result["metrics"]["time_train_seconds"],
+            "epochs": len(elapsed),
+            "best_val_accuracy": best,
+            "seconds_to_99pct_of_best_val": float(elapsed[reached]),
+            "wall_seconds": result["wall_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_PATH"),
+                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=10_000,
+                        help="training images per throughput measurement")
+    parser.add_argument("--widths", default="1024-512-256;512;2048-1024;2048-2048-2048",
+                        help="';'-separated hidden widths to measure (the first is the default)")
+    parser.add_argument("--presets", default="fast_mlp",
+                        help="','-separated experiment presets to train in full ('' for none)")
+    parser.add_argument("--out", type=Path, default=Path("benchmark.json"))
+    args = parser.parse_args()
+    if not args.data:
+        parser.error("give --data or set CIFAR10_PATH")
+
+    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                "python": platform.python_version()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir, cache = Path(tmp), str(Path(tmp) / "cache")
+        print("matmul peak ...", flush=True)
+        peak = matmul_peak(2048, max(5, args.repeats))
+        report["matmul_peak_gflops"] = peak
+        print("data loading ...", flush=True)
+        report["data_loading"] = load_times(args.data, args.repeats)
+        report["training"] = []
+        for widths in args.widths.split(";"):
+            hidden = [int(w) for w in widths.split("-")]
+            print(f"training throughput {hidden} ...", flush=True)
+            report["training"].append(train_throughput(args.data, cache, hidden, args.images,
+                                                       1, args.repeats, peak, []))
+        print("framework overhead ...", flush=True)
+        report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
+        report["presets"] = {}
+        for name in filter(None, args.presets.split(",")):
+            print(f"preset {name} ...", flush=True)
+            report["presets"][name] = preset(name, args.data, cache, workdir)
+    args.out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"\nwritten to {args.out}")
+
+
+def print_table(report: dict) -> None:
+    print(f"\nmatmul peak (numpy float32, 2048^3): {report['matmul_peak_gflops']:.1f} GFLOP/s")
+    load = report["data_loading"]
+    print(f"data loading: cold {load['cold_seconds']:.2f} s, warm (cache) "
+          f"{load['warm_seconds']:.2f} s")
+    print("\n| hidden | batch | params | samples/s | GFLOP/s | of peak | s/epoch (45k) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for t in report["training"]:
+        print(f"| {'-'.join(map(str, t['hidden']))} | {t['batch_size']} | {t['params']:,} | "
+              f"{t['samples_per_second']:.0f} | {t['gflops']:.1f} | {t['ratio_to_peak']:.0%} | "
+              f"{t['epoch_seconds_full_train_set']:.1f} |")
+    o = report["overhead"]
+    print(f"\nwhole `cifar10-mlp debug=fast` run: {o['wall_seconds']:.1f} s; training "
+          f"{o['train_seconds']:.1f} s, evaluation {o['evaluate_seconds']:.1f} s; overhead "
+          f"{o['overhead_seconds']:.1f} s, of which MLflow logging "
+          f"{o['mlflow_logging_seconds']:.1f} s and data {o['data_seconds']:.1f} s")
+    if report["presets"]:
+        print("\n| preset | test accuracy | training s | epochs | s to 99% of best val |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, p in report["presets"].items():
+            print(f"| {name} | {p['test_accuracy']:.4f} | {p['train_seconds']:.0f} | "
+                  f"{p['epochs']} | {p['seconds_to_99pct_of_best_val']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""scripts/benchmark.py end to end on a tiny archive (numbers are not asserted, only sense)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+
+
+@pytest.mark.slow
+def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
+         "--images", "64", "--widths", "16;32-16", "--presets", "fast_mlp", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["matmul_peak_gflops"] > 0
+    assert report["data_loading"]["cold_seconds"] > 0 and report["data_loading"]["warm_seconds"] > 0
+    first, second = report["training"]
+    assert (first["hidden"], second["hidden"]) == ([16], [32, 16])
+    assert first["params"] == 3072 * 16 + 2 * 16 + 16 * 10 + 10  # batch norm: no Dense bias
+    assert first["ratio_to_peak"] == pytest.approx(first["gflops"] / report["matmul_peak_gflops"])
+    overhead = report["overhead"]
+    assert overhead["overhead_seconds"] == pytest.approx(
+        overhead["wall_seconds"] - overhead["train_seconds"] - overhead["evaluate_seconds"],
+        abs=1e-6)
+    assert 0 < overhead["mlflow_logging_seconds"] < overhead["overhead_seconds"]
+    fast = report["presets"]["fast_mlp"]
+    assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1
+    assert "| hidden | batch | params | samples/s | GFLOP/s | of peak |" in done.stdout
+    assert "| fast_mlp |" in done.stdout
