@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def train(cfg: DictConfig) -> float:
     In a sweep (-m) a failing job is recorded as a FAILED child run and returns NaN,
     so the other jobs go on and the sweep's summary counts it.
     """
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends the run KILLED too
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
@@ -56,7 +58,15 @@ def train(cfg: DictConfig) -> float:
         tracking.record_failed_run(cfg, overrides, parent_run_id, err)
         log.error("job failed before training: %s", err)
         return math.nan
-    except Exception:
+    except KeyboardInterrupt:
+        sys.exit("cifar10-mlp: interrupted; the MLflow run is marked KILLED with the metrics "
+                 "logged so far")
+    except Exception as err:
+        from cifar10_mlp.tracking import TrackingStoreError
+        from cifar10_mlp.train import TrainingDiverged
+
+        if isinstance(err, TrackingStoreError | TrainingDiverged) and not sweeping:
+            sys.exit(f"cifar10-mlp: error: {err}")
         if not sweeping:
             raise
         log.exception("job failed; recorded as a FAILED run")
@@ -81,6 +91,10 @@ def eda(cfg: DictConfig) -> None:
     except (schema.ConfigError, DataError) as err:
         sys.exit(f"cifar10-mlp-eda: error: {err}")
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def report() -> None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from cifar10_mlp.schema import CIFAR10_CLASSES
 
@@ -149,6 +148,8 @@ def select_classes(x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
 
 def _stratified_indices(y: np.ndarray, n: int, seed: int, key: str) -> np.ndarray:
     """A seeded sample of ``n`` indices with the class proportions of ``y``, sorted."""
+    from sklearn.model_selection import train_test_split  # slow import, only needed here
+
     try:
         _, picked = train_test_split(np.arange(len(y)), test_size=n, stratify=y,
                                      random_state=seed)

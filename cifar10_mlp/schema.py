@@ -122,6 +122,8 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     jit_compile: bool = MISSING
     threads: int | None = MISSING
+    checkpoint_dir: str = MISSING
+    resume: bool = MISSING
     verbose: int = MISSING
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifar10_mlp import plots, report, tracking
 from cifar10_mlp.cli import PARENT_RUN_ENV
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,10 @@ class SweepTracker(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # imported here, not at the top: Hydra builds callbacks for every run, and a
+        # single run must not import MLflow and TensorFlow before its config is checked
+        from cifar10_mlp import tracking
+
         sweeper = config.hydra.sweeper
         swept = {f"sweep.{key}": value for key, value in
                  (o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)}
@@ -57,8 +60,11 @@ class SweepTracker(Callback):
                      "sweep jobs failed; see the report above and their runs' `error` tags")
 
 
-def report_sweep(uri: str, parent_run_id: str, out_dir: Path) -> report.SweepReport:
-    """Build the comparison report of a sweep, write it to ``out_dir``, log it to the parent."""
+def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
+    """Build the comparison report of a sweep, write it to ``out_dir``, log it to the parent;
+    return the :class:`report.SweepReport`."""
+    from cifar10_mlp import plots, report, tracking
+
     outcome = report.build(tracking.sweep_children(uri, parent_run_id))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [report.write_csv(outcome, out_dir / "runs.csv")]

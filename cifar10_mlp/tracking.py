@@ -8,10 +8,13 @@ A run whose body raises ends FAILED with the error as a tag and a traceback file
 from __future__ import annotations
 
 import contextlib
+import os
+import sqlite3
 import subprocess
 import tempfile
 import time
 import traceback
+import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +36,8 @@ from cifar10_mlp.data import DataSplit
 from cifar10_mlp.evaluate import Evaluation
 
 MAX_TAG_LENGTH = 5000
+# versions recorded on every run, so a result can be traced and rerun
+TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -70,6 +75,14 @@ class TrackedRun:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, run_id=self.run_id)
 
+    def log_missing_epochs(self, epochs: list[dict[str, float]]) -> None:
+        """Log the epochs of a checkpoint that an interruption kept from reaching MLflow."""
+        logged = MlflowClient().get_metric_history(self.run_id, "loss")
+        done = max((m.step for m in logged), default=0)
+        for step, logs in enumerate(epochs, start=1):
+            if step > done:
+                mlflow.log_metrics(logs, step=step, run_id=self.run_id)
+
     def log_model(self, model: keras.Model, input_example: np.ndarray) -> None:
         """The Keras model, with a signature and an input example of raw uint8 images."""
         # mlflow.keras.log_model(input_example=...) writes the example before it creates
@@ -91,29 +104,49 @@ class TrackedRun:
 
 @contextmanager
 def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None,
-              parent_run_id: str | None = None, experiment: str | None = None
-              ) -> Iterator[TrackedRun]:
+              parent_run_id: str | None = None, experiment: str | None = None,
+              resume_run_id: str | None = None) -> Iterator[TrackedRun]:
     """Open a run in ``cfg.tracking``'s store and log the config, data and code version.
 
     ``parent_run_id`` makes it a child of a sweep's parent run; ``split`` is None only
     for a run recorded as failed before its data was loaded; ``experiment`` replaces
-    ``cfg.tracking.experiment``.
+    ``cfg.tracking.experiment``; ``resume_run_id`` reopens an interrupted run, whose
+    config and data are logged already.
     """
     mlflow.set_tracking_uri(cfg.tracking.uri)
     mlflow.set_experiment(experiment or cfg.tracking.experiment)
-    tags = {"overrides": " ".join(overrides) or "(defaults)", **_git_tags()}
-    with mlflow.start_run(run_name=cfg.tracking.run_name, tags=tags,
+    tags = {"overrides": " ".join(overrides) or "(defaults)", **_git_tags(),
+            **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
+    with mlflow.start_run(run_id=resume_run_id, run_name=cfg.tracking.run_name, tags=tags,
                           parent_run_id=parent_run_id) as active:
-        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        if split is not None:
-            _log_split(split)
+        if resume_run_id is None:
+            mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            if split is not None:
+                _log_split(split)
         try:
             yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri))
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
+            mlflow.set_tag("error", "interrupted")
+            mlflow.end_run(status="KILLED")
+            raise
         except BaseException as err:
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
+
+
+def find_interrupted(cfg: DictConfig) -> str:
+    """The latest KILLED run of ``cfg.tracking.experiment``, which ``trainer.resume`` continues."""
+    client = MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'KILLED'",
+                              order_by=["attributes.start_time DESC"], max_results=1
+                              ) if experiment else []
+    if not runs:
+        raise TrackingStoreError(f"trainer.resume=true: no interrupted (KILLED) run in "
+                                 f"experiment {cfg.tracking.experiment!r} of {cfg.tracking.uri}")
+    return runs[0].info.run_id
 
 
 def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,
@@ -143,6 +176,41 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)
     return flat
+
+
+class TrackingStoreError(RuntimeError):
+    """The tracking store cannot be reached or written; the message names it."""
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds if ``uri`` cannot take a run, rather than after training.
+
+    An HTTP server must answer its health check; a SQLite file (or its folder, for a
+    new store) must be writable and not locked by another writer.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return
+        except (OSError, ValueError) as err:
+            raise TrackingStoreError(f"tracking.uri={uri}: no MLflow server answers there "
+                                     f"({err}); start one or choose another store") from err
+    if uri.startswith("sqlite:///"):
+        path = Path(absolute_uri(uri)[len("sqlite:///"):])
+        if not path.exists():
+            if not os.access(path.parent, os.W_OK):
+                raise TrackingStoreError(f"tracking.uri={uri}: cannot create {path}: its folder "
+                                         "is not writable")
+            return
+        if not os.access(path, os.W_OK):
+            raise TrackingStoreError(f"tracking.uri={uri}: {path} is read-only")
+        try:
+            with sqlite3.connect(path, timeout=timeout) as db:
+                db.execute("BEGIN IMMEDIATE")  # takes the write lock, or waits `timeout`
+                db.rollback()
+        except sqlite3.Error as err:
+            raise TrackingStoreError(f"tracking.uri={uri}: {path} cannot be written ({err})"
+                                     ) from err
 
 
 def absolute_uri(uri: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -81,13 +84,54 @@ def limit_threads(threads: int) -> None:
         pass
 
 
+class Checkpointer(keras.callbacks.Callback):
+    """After every epoch, saves what an interrupted run needs to go on from there.
+
+    ``last.keras`` holds the weights and optimizer state, ``best.npz`` the weights of the
+    best epoch so far, ``state.json`` the per-epoch logs and the early-stopping state.
+    Each file is written whole and then renamed, so an interruption leaves the previous
+    epoch's checkpoint intact.
+    """
+
+    def __init__(self, folder: Path, stopping: BestEpoch,
+                 history: list[dict[str, float]]):
+        super().__init__()
+        self.folder = folder
+        self.stopping = stopping
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.history.append({k: float(v) for k, v in (logs or {}).items()})
+        if self.stopping.best_epoch == epoch:
+            _replace(self.folder / "best.npz",
+                     lambda tmp: np.savez(tmp, *self.stopping.best_weights))
+        _replace(self.folder / "last.keras", self.model.save)
+        state = {"epochs_done": epoch + 1, "history": self.history,
+                 "early_stopping": {"best": float(self.stopping.best),
+                                    "best_epoch": self.stopping.best_epoch,
+                                    "wait": self.stopping.wait}}
+        _replace(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state)))
+
+
+def read_checkpoint(folder: Path) -> dict | None:
+    """The saved state of an interrupted run (per-epoch logs, epochs done), if any."""
+    try:
+        return json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedule_cfg,
-        seed: int, callbacks: Sequence[keras.callbacks.Callback] = ()
-        ) -> keras.callbacks.History:
-    """Train ``model`` on the split's training set, validating each epoch.
+        seed: int, checkpoint_dir: Path, callbacks: Sequence[keras.callbacks.Callback] = ()
+        ) -> dict[str, list[float]]:
+    """Train ``model`` on the split's training set, validating each epoch; return the
+    per-epoch logs of the whole run.
 
     The weights of the best epoch by ``trainer.early_stopping.monitor`` (a validation
-    metric) are restored at the end, whether or not training stopped early.
+    metric) are restored at the end, whether or not training stopped early. A checkpoint
+    in ``checkpoint_dir`` from an interrupted run is picked up: training goes on after
+    its last completed epoch with its weights, optimizer and early-stopping state.
     """
     keras.utils.set_random_seed(seed)  # shuffling order; weights and dropout carry own seeds
     n_classes = len(split.class_names)
@@ -101,7 +145,11 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         jit_compile=trainer_cfg.jit_compile,
     )
     stopping = trainer_cfg.early_stopping
-    best_epoch = keras.callbacks.EarlyStopping(
+    state = read_checkpoint(checkpoint_dir)
+    history = state["history"] if state else []
+    best_epoch = BestEpoch(
+        carried=state["early_stopping"] if state else None,
+        carried_weights=_load_arrays(checkpoint_dir / "best.npz") if state else None,
         monitor=stopping.monitor,
         mode=stopping.mode,
         # null patience: never stop, but still restore the best epoch's weights
@@ -109,17 +157,50 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         restore_best_weights=True,
         verbose=1 if trainer_cfg.verbose else 0,
     )
-    return model.fit(
+    if state:
+        model.optimizer.build(model.trainable_variables)  # so its saved state has a home
+        model.load_weights(checkpoint_dir / "last.keras")
+    model.fit(
         split.x_train,
         one_hot(split.y_train, n_classes),
         batch_size=trainer_cfg.batch_size,
         epochs=trainer_cfg.epochs,
+        initial_epoch=len(history),
         validation_data=(split.x_val, one_hot(split.y_val, n_classes)),
         shuffle=True,
         callbacks=[LearningRateSetter(schedule, steps_per_epoch), StopOnDivergence(), EpochTimer(),
-                   best_epoch, *callbacks],
+                   best_epoch, Checkpointer(checkpoint_dir, best_epoch, history), *callbacks],
         verbose=trainer_cfg.verbose,
     )
+    return {key: [epoch[key] for epoch in history] for key in history[0]} if history else {}
+
+
+class BestEpoch(keras.callbacks.EarlyStopping):
+    """Early stopping that restores the best epoch's weights, and can carry its state
+    (best value, best epoch, epochs waited, best weights) over from an interrupted run."""
+
+    def __init__(self, carried: dict | None, carried_weights: list | None, **kwargs):
+        super().__init__(**kwargs)
+        self.carried = carried
+        self.carried_weights = carried_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # resets the state ...
+        if self.carried is not None:  # ... which an interrupted run hands back
+            for key, value in self.carried.items():
+                setattr(self, key, value)
+            self.best_weights = self.carried_weights
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(str(tmp))
+    os.replace(tmp, path)
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:

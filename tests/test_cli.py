@@ -1,7 +1,11 @@
 """End to end: the `cifar10-mlp` command in a subprocess, on a tiny archive, real SQLite store."""
 
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -10,6 +14,7 @@ import pytest
 import yaml
 from conftest import tiny_overrides
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 CLI = str(Path(sys.executable).parent / "cifar10-mlp")
 
@@ -36,6 +41,7 @@ def test_one_run_logs_everything_and_the_model_loads(tiny_cifar, tmp_path):
     assert run.data.params["trainer.epochs"] == "2"
     assert run.data.params["split.n_train"] == "80"
     assert run.data.tags["overrides"] == " ".join(overrides)
+    assert run.data.tags["version.tensorflow"] and run.data.tags["version.keras"]
     # per-epoch metrics, one value per epoch
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         history = client.get_metric_history(run.info.run_id, key)
@@ -81,3 +87,125 @@ def test_missing_data_path_names_the_file(tmp_path):
     done = run_cli([f"data.path={tmp_path / 'absent.tar.gz'}"], tmp_path)
     assert done.returncode != 0
     assert f"{tmp_path / 'absent.tar.gz'}: no such file or folder" in done.stderr
+
+
+def test_bad_config_fails_before_tensorflow_is_imported(tmp_path):
+    done = subprocess.run([sys.executable, "-X", "importtime", CLI, "trainer.epochs=0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "trainer.epochs=0 is not allowed: expected an integer >= 1" in done.stderr
+    imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "hydra" in imported and "tensorflow" not in imported and "keras" not in imported
+
+
+@pytest.mark.slow
+def test_diverging_run_fails_with_the_epoch_and_is_recorded(tiny_cifar, tmp_path):
+    done = run_cli([*tiny_overrides(tiny_cifar, tmp_path), "optimizer.lr=1e12"], tmp_path)
+    assert done.returncode != 0
+    assert "cifar10-mlp: error: training loss became nan in epoch 1" in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("TrainingDiverged: training loss became nan in "
+                                             "epoch 1")
+
+
+def test_unreachable_tracking_server_fails_fast_and_trains_nothing(tiny_cifar, tmp_path):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [*tiny_overrides(tiny_cifar, tmp_path), f"tracking.uri=http://127.0.0.1:{port}"]
+    done = run_cli(overrides, tmp_path)
+    assert done.returncode != 0
+    assert f"tracking.uri=http://127.0.0.1:{port}: no MLflow server answers there" in done.stderr
+    assert "Epoch" not in done.stdout
+
+
+def test_locked_sqlite_store_gives_a_clear_error(tmp_path):
+    from cifar10_mlp.tracking import TrackingStoreError, check_store
+
+    path = tmp_path / "mlflow.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(TrackingStoreError, match=r"mlflow\.db cannot be written \(database "
+                                                     r"is locked\)"):
+            check_store(f"sqlite:///{path}", timeout=0.2)
+    finally:
+        holder.rollback()
+        holder.close()
+    check_store(f"sqlite:///{path}", timeout=0.2)  # free again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_ends_killed_with_the_epochs_so_far(tiny_cifar, tmp_path, signum):
+    overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=500",
+                 "trainer.early_stopping.patience=null"]
+    process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 240
+    while True:  # wait until a few epochs are logged
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+        try:
+            experiment = client.get_experiment_by_name("tests")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        except MlflowException:  # the store is still being created
+            continue
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
+            break
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "interrupted; the MLflow run is marked KILLED" in stderr
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert steps == list(range(1, len(steps) + 1)) and 2 <= len(steps) < 500
+
+
+@pytest.mark.slow
+def test_resume_continues_the_interrupted_run_to_its_last_epoch(tiny_cifar, tmp_path):
+    overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=200",
+                 "trainer.early_stopping.patience=null", "tracking.log_model=false"]
+    process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 240
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+        try:
+            experiment = client.get_experiment_by_name("tests")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        except MlflowException:
+            continue
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
+            break
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    run_id = runs[0].info.run_id
+    assert client.get_run(run_id).info.status == "KILLED"
+    interrupted_at = len(client.get_metric_history(run_id, "loss"))
+
+    done = run_cli([*overrides, "trainer.resume=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_id in done.stdout  # the same MLflow run went on
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    for key in ("loss", "val_accuracy", "lr"):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(steps) == list(range(1, 201)), key  # each epoch exactly once
+    assert run.data.metrics["epochs_trained"] == 200
+    assert 3 <= interrupted_at < 200
+    assert not (tmp_path / "checkpoints" / run_id).exists()  # cleaned up when finished
+
+
+def test_resume_without_an_interrupted_run_says_so(tiny_cifar, tmp_path):
+    done = run_cli([*tiny_overrides(tiny_cifar, tmp_path), "trainer.resume=true"], tmp_path)
+    assert done.returncode != 0
+    assert "trainer.resume=true: no interrupted (KILLED) run in experiment 'tests'" in done.stderr

@@ -1,15 +1,22 @@
+import tempfile
+from pathlib import Path
+
+import keras
 import numpy as np
+import pytest
 from conftest import compose_config, tiny_overrides
 
 from cifar10_mlp import data, evaluate, model, preprocess, train
 
 
-def fit_once(cfg):
+def fit_once(cfg, checkpoints=None, callbacks=()):
     split = data.load(cfg.data, cfg.seed)
     prep = preprocess.fit(cfg.preprocess, split.x_train)
     mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
-    history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed)
-    return mlp, split, history.history
+    folder = checkpoints or Path(tempfile.mkdtemp())
+    history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed, folder,
+                        callbacks)
+    return mlp, split, history
 
 
 def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg):
@@ -45,3 +52,31 @@ def test_learning_rate_follows_the_schedule_per_epoch(tiny_cifar, tmp_path):
     _, _, history = fit_once(cfg)
     lr = cfg.optimizer.lr
     np.testing.assert_allclose(history["lr"], [lr, lr / 2, lr / 4], rtol=1e-6)
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_fit_goes_on_from_its_checkpoint(tiny_cfg, tmp_path):
+    tiny_cfg.trainer.epochs = 5
+    tiny_cfg.trainer.early_stopping.patience = None
+    with pytest.raises(KeyboardInterrupt):
+        fit_once(tiny_cfg, tmp_path / "ck", callbacks=[InterruptAfter(2)])
+    saved = train.read_checkpoint(tmp_path / "ck")
+    assert saved["epochs_done"] == 2 and len(saved["history"]) == 2
+
+    mlp, split, history = fit_once(tiny_cfg, tmp_path / "ck")
+    assert len(history["loss"]) == 5
+    assert history["loss"][:2] == [epoch["loss"] for epoch in saved["history"]]
+    lr = tiny_cfg.optimizer.lr  # cosine over 5 epochs: the schedule went on where it stopped
+    assert history["lr"][2] < history["lr"][1] < lr
+    # the restored weights are the best epoch's over all five, across the interruption
+    restored = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names, 16)
+    assert restored.accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
