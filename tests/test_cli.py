@@ -42,6 +42,7 @@ def test_one_run_logs_everything_and_the_model_loads(tiny_cifar, tmp_path):
     assert run.data.params["split.n_train"] == "80"
     assert run.data.tags["overrides"] == " ".join(overrides)
     assert run.data.tags["version.tensorflow"] and run.data.tags["version.keras"]
+    assert len(run.data.tags["git_commit"]) == 40  # the tests run from a git checkout
     # per-epoch metrics, one value per epoch
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         history = client.get_metric_history(run.info.run_id, key)

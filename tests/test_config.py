@@ -74,6 +74,11 @@ def test_schema_rejects_wrong_types_and_unknown_keys(override):
     ("data.val_size=1.5", "data.val_size=1.5 is not allowed"),
     ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed"),
     ("preprocess.name=sharpen", "preprocess.name='sharpen' is not allowed: expected one of"),
+    ("optimizer.name=lbfgs", "optimizer.name='lbfgs' is not allowed: expected one of sgd, adam"),
+    ("schedule.name=triangle", "schedule.name='triangle' is not allowed: expected one of"),
+    ("trainer.epochs=0", "trainer.epochs=0 is not allowed: expected an integer >= 1"),
+    ("data.val_size=1.0", "data.val_size=1.0 is not allowed: expected a fraction strictly"),
+    ("augment.translate=0.7", "augment.translate=0.7 is not allowed"),
 ])
 def test_validate_names_key_value_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as err:
