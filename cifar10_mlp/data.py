@@ -181,8 +181,9 @@ def _iter_archive(path: Path) -> Iterator[tuple[str, dict]]:
                 if member.isfile() and name in wanted:
                     yield name, _unpickle(tar.extractfile(member), Path(f"{path}:{member.name}"))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        detail = str(err).splitlines()[0].rstrip(":")  # tarfile lists every method it tried
         raise DataError(f"{path}: not a readable CIFAR-10 archive, truncated or corrupt "
-                        f"({type(err).__name__}: {err})") from err
+                        f"({type(err).__name__}: {detail})") from err
 
 
 def _unpickle(f, where: Path) -> dict:
