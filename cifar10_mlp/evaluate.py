@@ -38,7 +38,7 @@ class Evaluation:
         return out
 
 
-def on_test(model, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
+def measure(model, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
             batch_size: int) -> Evaluation:
     """Predict ``x`` once with ``model`` and measure against ``y``."""
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)

@@ -56,9 +56,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                                 checkpoints, callbacks=[run.epoch_logger])
         log.info("evaluating on the validation and test sets; logging results")
         with stopwatch(seconds, "evaluate"):
-            val = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names,
+            val = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names,
                                    cfg.trainer.batch_size)
-            test = evaluate.on_test(mlp, split.x_test, split.y_test, split.class_names,
+            test = evaluate.measure(mlp, split.x_test, split.y_test, split.class_names,
                                     cfg.trainer.batch_size)
             figures = plots.all_figures(test, history, split.x_test,
                                         cfg.evaluation.misclassified_grid)

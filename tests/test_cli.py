@@ -19,6 +19,22 @@ from mlflow.exceptions import MlflowException
 CLI = str(Path(sys.executable).parent / "cifar10-mlp")
 
 
+def wait_for_epochs(process, client, epochs, timeout=240):
+    """The id of the run a CLI subprocess is training, once it has logged ``epochs`` epochs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"no {epochs} epochs logged in {timeout} s"
+        time.sleep(0.5)
+        try:
+            experiment = client.get_experiment_by_name("tests")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        except MlflowException:  # the store is still being created
+            continue
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
+            return runs[0].info.run_id
+
+
 def run_cli(args, cwd):
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -148,22 +164,12 @@ def test_interrupted_run_ends_killed_with_the_epochs_so_far(tiny_cifar, tmp_path
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    deadline = time.monotonic() + 240
-    while True:  # wait until a few epochs are logged
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.5)
-        try:
-            experiment = client.get_experiment_by_name("tests")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        except MlflowException:  # the store is still being created
-            continue
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
-            break
+    run_id = wait_for_epochs(process, client, 2)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert "interrupted; the MLflow run is marked KILLED" in stderr
-    run = client.get_run(runs[0].info.run_id)
+    run = client.get_run(run_id)
     assert run.info.status == "KILLED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert steps == list(range(1, len(steps) + 1)) and 2 <= len(steps) < 500
@@ -176,27 +182,16 @@ def test_resume_continues_the_interrupted_run_to_its_last_epoch(tiny_cifar, tmp_
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    deadline = time.monotonic() + 240
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.5)
-        try:
-            experiment = client.get_experiment_by_name("tests")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        except MlflowException:
-            continue
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
-            break
+    run_id = wait_for_epochs(process, client, 3)
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)
-    run_id = runs[0].info.run_id
     assert client.get_run(run_id).info.status == "KILLED"
     interrupted_at = len(client.get_metric_history(run_id, "loss"))
 
     done = run_cli([*overrides, "trainer.resume=true"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert run_id in done.stdout  # the same MLflow run went on
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     for key in ("loss", "val_accuracy", "lr"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]

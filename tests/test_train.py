@@ -40,7 +40,7 @@ def test_best_validation_epoch_weights_are_restored(tiny_cfg):
     tiny_cfg.optimizer.lr = 0.05  # large steps, so the validation loss moves between epochs
     mlp, split, history = fit_once(tiny_cfg)
     assert len(history["val_loss"]) == 4  # null patience: every epoch runs
-    restored = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names, 16)
+    restored = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names, 16)
     # the restored weights are those of the best validation epoch, not of the last
     best = int(np.argmin(history["val_loss"]))
     assert abs(restored.accuracy - history["val_accuracy"][best]) < 1e-6
@@ -78,5 +78,5 @@ def test_an_interrupted_fit_goes_on_from_its_checkpoint(tiny_cfg, tmp_path):
     lr = tiny_cfg.optimizer.lr  # cosine over 5 epochs: the schedule went on where it stopped
     assert history["lr"][2] < history["lr"][1] < lr
     # the restored weights are the best epoch's over all five, across the interruption
-    restored = evaluate.on_test(mlp, split.x_val, split.y_val, split.class_names, 16)
+    restored = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names, 16)
     assert restored.accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
