@@ -20,6 +20,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from cifar10_mlp import runner, schema  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
+from cifar10_mlp.errors import UserError  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -50,26 +51,20 @@ def train(cfg: DictConfig) -> float:
         cfg.trainer.threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
     try:
         summary = runner.run(cfg, overrides, parent_run_id)
-    except (schema.ConfigError, DataError) as err:
-        if not sweeping:
-            sys.exit(f"cifar10-mlp: error: {err}")
-        from cifar10_mlp import tracking
-
-        tracking.record_failed_run(cfg, overrides, parent_run_id, err)
-        log.error("job failed before training: %s", err)
-        return math.nan
     except KeyboardInterrupt:
         sys.exit("cifar10-mlp: interrupted; the MLflow run is marked KILLED with the metrics "
                  "logged so far")
     except Exception as err:
-        from cifar10_mlp.tracking import TrackingStoreError
-        from cifar10_mlp.train import TrainingDiverged
-
-        if isinstance(err, TrackingStoreError | TrainingDiverged) and not sweeping:
-            sys.exit(f"cifar10-mlp: error: {err}")
         if not sweeping:
+            if isinstance(err, UserError):
+                sys.exit(f"cifar10-mlp: error: {err}")
             raise
-        log.exception("job failed; recorded as a FAILED run")
+        if isinstance(err, schema.ConfigError | DataError):  # failed before its run opened
+            from cifar10_mlp import tracking
+
+            tracking.record_failed_run(cfg, overrides, parent_run_id, err)
+        log.error("job failed (%s); recorded as a FAILED run", err,
+                  exc_info=not isinstance(err, UserError))
         return math.nan
     print(
         f"\ntest accuracy {summary.test_accuracy:.4f} | macro F1 {summary.test_f1_macro:.4f} | "
@@ -88,7 +83,7 @@ def eda(cfg: DictConfig) -> None:
     try:
         schema.validate(cfg)
         run_id, page = exploration.explore(cfg, HydraConfig.get().overrides.task)
-    except (schema.ConfigError, DataError) as err:
+    except UserError as err:
         sys.exit(f"cifar10-mlp-eda: error: {err}")
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar10_mlp.errors import UserError
 from cifar10_mlp.schema import CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ N_CLASSES = 10
 KERAS_SOURCE = "keras.datasets.cifar10"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data could not be read or is not CIFAR-10; the message names the file."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from cifar10_mlp.errors import UserError
+
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -29,7 +31,7 @@ CIFAR10_CLASSES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that is not allowed; the message names key, value and what is allowed."""
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -76,13 +75,10 @@ def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
         tags["best_run_id"] = outcome.best.run_id
         metrics |= {f"best_{k}": v for k, v in outcome.best.metrics.items()
                     if k in report.METRIC_COLUMNS}
-        with tempfile.TemporaryDirectory() as tmp:
-            matrix = tracking.download_artifact(uri, outcome.best.run_id,
-                                                "plots/confusion_matrix.png", Path(tmp))
-            if matrix is not None:
-                best_matrix = out_dir / "best_confusion_matrix.png"
-                best_matrix.write_bytes(matrix.read_bytes())
-                files.append(best_matrix)
+        matrix = tracking.download_artifact(uri, outcome.best.run_id,
+                                            "plots/confusion_matrix.png", out_dir)
+        if matrix is not None:
+            files.append(matrix.replace(out_dir / "best_confusion_matrix.png"))
     figure = plots.hyperparameter_scatter(outcome.rows, outcome.swept, report.SELECTION_METRIC)
     tracking.close_sweep(uri, parent_run_id, tags, metrics, files,
                          {"val_accuracy_by_hyperparameter.png": figure})

@@ -33,6 +33,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp.data import DataSplit
+from cifar10_mlp.errors import UserError
 from cifar10_mlp.evaluate import Evaluation
 
 MAX_TAG_LENGTH = 5000
@@ -178,7 +179,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-class TrackingStoreError(RuntimeError):
+class TrackingStoreError(UserError, RuntimeError):
     """The tracking store cannot be reached or written; the message names it."""
 
 

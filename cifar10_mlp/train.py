@@ -14,6 +14,7 @@ import numpy as np
 
 from cifar10_mlp import optim
 from cifar10_mlp.data import DataSplit
+from cifar10_mlp.errors import UserError
 
 
 class LearningRateSetter(keras.callbacks.Callback):
@@ -65,7 +66,7 @@ class StopOnDivergence(keras.callbacks.Callback):
                                    f"{self.epoch + 1}, batch {batch + 1}")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite; the run cannot recover."""
 
 

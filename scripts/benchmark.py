@@ -4,6 +4,7 @@ loading, the framework's own overhead, and the presets' time to accuracy.
 
     python scripts/benchmark.py                      # real data from $CIFAR10_PATH
     python scripts/benchmark.py --presets fast_mlp,best_mlp --out benchmark.json
+    python scripts/benchmark.py --presets '' --overrides trainer.batch_size=128  # compare
 
 Timings are medians over --repeats; ratios (achieved / peak) are measured in the same run.
 Achieved GFLOP/s counts 6 x trainable parameters x samples (forward 2, backward 4 per weight).
@@ -168,6 +169,9 @@ def main() -> None:
                         help="';'-separated hidden widths to measure (the first is the default)")
     parser.add_argument("--presets", default="fast_mlp",
                         help="','-separated experiment presets to train in full ('' for none)")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="config overrides for the throughput runs, e.g. "
+                             "trainer.batch_size=128 trainer.jit_compile=true")
     parser.add_argument("--out", type=Path, default=Path("benchmark.json"))
     args = parser.parse_args()
     if not args.data:
@@ -187,7 +191,8 @@ def main() -> None:
             hidden = [int(w) for w in widths.split("-")]
             print(f"training throughput {hidden} ...", flush=True)
             report["training"].append(train_throughput(args.data, cache, hidden, args.images,
-                                                       1, args.repeats, peak, []))
+                                                       1, args.repeats, peak,
+                                                       args.overrides))
         print("framework overhead ...", flush=True)
         report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
         report["presets"] = {}

@@ -15,7 +15,8 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
-         "--images", "64", "--widths", "16;32-16", "--presets", "fast_mlp", "--out", str(out)],
+         "--images", "64", "--widths", "16;32-16", "--presets", "fast_mlp", "--out", str(out),
+         "--overrides", "trainer.batch_size=32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -23,6 +24,7 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert report["data_loading"]["cold_seconds"] > 0 and report["data_loading"]["warm_seconds"] > 0
     first, second = report["training"]
     assert (first["hidden"], second["hidden"]) == ([16], [32, 16])
+    assert first["batch_size"] == 32  # the overrides reach the throughput runs
     assert first["params"] == 3072 * 16 + 2 * 16 + 16 * 10 + 10  # batch norm: no Dense bias
     assert first["ratio_to_peak"] == pytest.approx(first["gflops"] / report["matmul_peak_gflops"])
     overhead = report["overhead"]

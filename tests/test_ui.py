@@ -9,8 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
-from test_sweep import run, sweep_overrides
+from test_sweep import run, runs_of, sweep_overrides
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -51,7 +50,7 @@ def ui(tiny_cifar, tmp_path):
                 assert server.poll() is None, "mlflow server exited"
                 assert time.monotonic() < deadline, "mlflow server did not answer in 60 s"
                 time.sleep(0.5)
-        yield url, MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        yield url, f"sqlite:///{tmp_path / 'mlflow.db'}"
     finally:
         server.terminate()
         try:
@@ -91,11 +90,10 @@ def wait_for(driver, xpath, timeout=30):
 def test_runs_page_shows_the_sweep_parent_its_children_and_the_confusion_matrix(ui, browser):
     from selenium.webdriver.common.by import By
 
-    url, client = ui
+    url, uri = ui
+    client, (parent,), children = runs_of(uri, "tests")
     experiment = client.get_experiment_by_name("tests")
-    runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert len(children) == 2
 
     browser.get(f"{url}/#/experiments/{experiment.experiment_id}/runs")
