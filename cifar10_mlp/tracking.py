@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
@@ -41,6 +43,29 @@ MAX_TAG_LENGTH = 5000
 TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    A signal that lands inside a store write can leave a SQLite transaction open and
+    the database locked, so the run could not even be marked KILLED afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    held: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda received, frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs every Keras epoch metric (loss, accuracy, val_*, lr) at step = epoch number."""
 
@@ -50,7 +75,8 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = {name: float(value) for name, value in (logs or {}).items()}
-        mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
+        with uninterrupted():
+            mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
 
 
 class TrackedRun:
@@ -61,6 +87,7 @@ class TrackedRun:
         self.tracking_uri = tracking_uri
         self.epoch_logger = EpochLogger(run_id)
 
+    @uninterrupted()
     def log_result(self, evaluation: Evaluation, figures: dict[str, Figure],
                    extra_metrics: dict[str, float]) -> None:
         """Test metrics, the classification report, the confusion matrix and figures."""
@@ -73,9 +100,11 @@ class TrackedRun:
         for file_name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{file_name}")
 
+    @uninterrupted()
     def log_metrics(self, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, run_id=self.run_id)
 
+    @uninterrupted()
     def log_missing_epochs(self, epochs: list[dict[str, float]]) -> None:
         """Log the epochs of a checkpoint that an interruption kept from reaching MLflow."""
         logged = MlflowClient().get_metric_history(self.run_id, "loss")
@@ -84,6 +113,7 @@ class TrackedRun:
             if step > done:
                 mlflow.log_metrics(logs, step=step, run_id=self.run_id)
 
+    @uninterrupted()
     def log_model(self, model: keras.Model, input_example: np.ndarray) -> None:
         """The Keras model, with a signature and an input example of raw uint8 images."""
         # mlflow.keras.log_model(input_example=...) writes the example before it creates
@@ -121,10 +151,11 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     with mlflow.start_run(run_id=resume_run_id, run_name=cfg.tracking.run_name, tags=tags,
                           parent_run_id=parent_run_id) as active:
         if resume_run_id is None:
-            mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            if split is not None:
-                _log_split(split)
+            with uninterrupted():
+                mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+                mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+                if split is not None:
+                    _log_split(split)
         try:
             yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri))
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it

@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 from mlflow import MlflowClient
 
@@ -23,3 +25,12 @@ def test_a_run_that_raises_ends_failed_with_the_error_recorded(tiny_cfg):
 def test_flatten_gives_dotted_keys():
     flat = tracking.flatten({"model": {"hidden": [8, 4], "bn": True}, "seed": 1})
     assert flat == {"model.hidden": "[8, 4]", "model.bn": "True", "seed": "1"}
+
+
+def test_a_signal_during_a_store_write_is_delivered_after_the_write():
+    written = []
+    with pytest.raises(KeyboardInterrupt), tracking.uninterrupted():
+        signal.raise_signal(signal.SIGINT)
+        written.append("metrics")
+    assert written == ["metrics"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
