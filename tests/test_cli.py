@@ -35,6 +35,12 @@ def wait_for_epochs(process, client, epochs, timeout=240):
             return runs[0].info.run_id
 
 
+def ctrl_c_enabled():
+    """In the child: take SIGINT as a terminal would deliver it, even when pytest itself was
+    started in the background, where the shell ignores SIGINT and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, cwd):
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -162,7 +168,7 @@ def test_interrupted_run_ends_killed_with_the_epochs_so_far(tiny_cifar, tmp_path
     overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=500",
                  "trainer.early_stopping.patience=null"]
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = wait_for_epochs(process, client, 2)
     process.send_signal(signum)
@@ -180,7 +186,7 @@ def test_resume_continues_the_interrupted_run_to_its_last_epoch(tiny_cifar, tmp_
     overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=200",
                  "trainer.early_stopping.patience=null", "tracking.log_model=false"]
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, preexec_fn=ctrl_c_enabled)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = wait_for_epochs(process, client, 3)
     process.send_signal(signal.SIGINT)
