@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from cifar10_mlp import runner, schema  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
@@ -47,8 +47,7 @@ def train(cfg: DictConfig) -> float:
     if sweeping and cfg.tracking.run_name is None:
         cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
     if cfg.trainer.threads is None:
-        parallel_jobs = (hydra_cfg.launcher.get("n_jobs") or 1) if sweeping else 1
-        cfg.trainer.threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+        cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
     try:
         summary = runner.run(cfg, overrides, parent_run_id)
     except KeyboardInterrupt:
@@ -70,7 +69,7 @@ def train(cfg: DictConfig) -> float:
         f"\ntest accuracy {summary.test_accuracy:.4f} | macro F1 {summary.test_f1_macro:.4f} | "
         f"validation accuracy {summary.val_accuracy:.4f}\n"
         f"MLflow run {summary.run_id}\n"
-        f"see it with: mlflow ui --backend-store-uri {summary.tracking_uri}"
+        f"see it {where_to_look(summary.tracking_uri)}"
     )
     return summary.val_accuracy
 
@@ -86,6 +85,25 @@ def eda(cfg: DictConfig) -> None:
     except UserError as err:
         sys.exit(f"cifar10-mlp-eda: error: {err}")
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
+
+
+def where_to_look(tracking_uri: str) -> str:
+    """How to open the MLflow UI on this store: a server's page, or `mlflow ui` on a file."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"at {tracking_uri}"
+    return f"with: mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def cpus_per_job(launcher: DictConfig) -> int:
+    """The cores one sweep job may use, read from the launcher's settings.
+
+    Ray's ``remote.num_cpus`` and submitit's ``cpus_per_task`` give them per job;
+    joblib's ``n_jobs`` parallel jobs share this machine's cores.
+    """
+    per_job = OmegaConf.select(launcher, "remote.num_cpus") or launcher.get("cpus_per_task")
+    if per_job:
+        return int(per_job)
+    return max(1, (os.cpu_count() or 1) // max(1, launcher.get("n_jobs") or 1))
 
 
 def _interrupt(signum, frame) -> None:

@@ -51,6 +51,11 @@ class SweepTracker(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
             return
+        from cifar10_mlp import tracking
+
+        for run_id in tracking.fail_unclosed_children(config.tracking.uri, self.parent_run_id):
+            log.error("run %s of this sweep was left RUNNING by a job that died; "
+                      "marked FAILED", run_id)
         outcome = report_sweep(config.tracking.uri, self.parent_run_id,
                                Path(config.hydra.sweep.dir))
         os.environ.pop(PARENT_RUN_ENV, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -147,6 +148,7 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     mlflow.set_tracking_uri(cfg.tracking.uri)
     mlflow.set_experiment(experiment or cfg.tracking.experiment)
     tags = {"overrides": " ".join(overrides) or "(defaults)", **_git_tags(),
+            "host": socket.gethostname(), "pid": str(os.getpid()),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
     with mlflow.start_run(run_id=resume_run_id, run_name=cfg.tracking.run_name, tags=tags,
                           parent_run_id=parent_run_id) as active:
@@ -310,6 +312,21 @@ def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
                             tags={**tags, **_git_tags(), "sweep": "parent"})
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return run.info.run_id
+
+
+def fail_unclosed_children(uri: str, parent_run_id: str) -> list[str]:
+    """End FAILED, and return, the sweep's children still RUNNING after all its jobs returned.
+
+    Their process died without closing its run: killed, out of memory, or its node lost.
+    """
+    client = MlflowClient(uri)
+    unclosed = [child.run_id for child in sweep_children(uri, parent_run_id)
+                if child.status == "RUNNING"]
+    for run_id in unclosed:
+        client.set_tag(run_id, "error", "the job's process ended without closing its run "
+                                        "(killed, out of memory, or its node was lost)")
+        client.set_terminated(run_id, status="FAILED")
+    return unclosed
 
 
 def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:
