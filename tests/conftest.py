@@ -95,10 +95,11 @@ def tiny_overrides(tiny: TinyCifar, tmp_path: Path) -> list[str]:
     ]
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config the CLI would build from these overrides."""
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The config the CLI would build from these overrides (and Hydra's own with_hydra)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides,
+                       return_hydra_config=with_hydra)
 
 
 @pytest.fixture

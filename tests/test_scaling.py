@@ -1,0 +1,170 @@
+"""Scaling out: a PostgreSQL-backed MLflow server, sweeps on a local Ray and through submitit.
+
+The server is the one `.ci/run` started (its URI in CIFAR10_MLP_TEST_TRACKING_URI), or one
+this module starts with scripts/tracking_server.py and stops by its process ids.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+from test_sweep import run, runs_of, sweep_overrides
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_SCRIPT = ROOT / "scripts" / "tracking_server.py"
+CLI = Path(sys.executable).parent / "cifar10-mlp"
+RAY = ["hydra/launcher=ray", "hydra.launcher.init.num_cpus=2", "hydra.launcher.remote.num_cpus=1"]
+PLOTS = {"plots/confusion_matrix.png", "plots/misclassified.png", "plots/learning_curves.png"}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tracking_server():
+    uri = os.environ.get("CIFAR10_MLP_TEST_TRACKING_URI")
+    if uri:
+        yield uri
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cifar10-mlp-server-"))
+    folder.chmod(0o755)  # PostgreSQL runs as the postgres user when we are root
+    started = subprocess.run([sys.executable, str(SERVER_SCRIPT), "start", "--dir", str(folder),
+                              "--port", "0"], capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr
+    pids = json.loads((folder / "server.json").read_text())
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([sys.executable, str(SERVER_SCRIPT), "stop", "--dir", str(folder)],
+                       check=True, timeout=120)
+        assert not alive(pids["mlflow_pid"]) and not alive(pids["postgres_pid"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, tracking_server):
+    experiment = f"ray-{uuid.uuid4().hex[:8]}"  # a server outlives one test run
+    overrides = [o for o in sweep_overrides(tiny_cifar, tmp_path)
+                 if not o.startswith("tracking.")]
+    done = run("cifar10-mlp", ["-m", *RAY, *overrides, "tracking=server",
+                               f"tracking.uri={tracking_server}",
+                               f"tracking.experiment={experiment}", "tracking.log_model=false",
+                               "optimizer.lr=0.01,0.001", "model.dropout=0.0,0.2"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    client, (parent,), children = runs_of(tracking_server, experiment)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_finished"] == 4
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {(c.data.params["optimizer.lr"], c.data.params["model.dropout"]) for c in children} \
+        == {("0.01", "0.0"), ("0.01", "0.2"), ("0.001", "0.0"), ("0.001", "0.2")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["trainer.threads"] == "1"  # remote.num_cpus
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [1]
+        assert 0 <= child.data.metrics["test_accuracy"] <= 1
+        plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+        assert plots == PLOTS
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/runs.csv", "report/best_confusion_matrix.png"} <= report
+    # two jobs at a time: the later two found the arrays the first ones decoded
+    later = [Path(p) for p in sorted((tmp_path / "multirun").glob("*/*/[23]/*.log"))]
+    assert len(later) == 2
+    assert all("decoded arrays from the cache" in p.read_text() for p in later)
+
+
+def test_a_killed_ray_job_is_recorded_failed_and_the_rest_complete(tiny_cifar, tmp_path):
+    # job 0 trains one epoch; job 1 would train for minutes and is killed mid-training
+    args = ["-m", *RAY, *sweep_overrides(tiny_cifar, tmp_path), "tracking.log_model=false",
+            "trainer.early_stopping.patience=null", "trainer.epochs=1,2000"]
+    sweep = subprocess.Popen([str(CLI), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    victim = wait_for_training_job(uri, "trainer.epochs", "2000", sweep)
+    os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)  # the Ray worker running it
+    output, _ = sweep.communicate(timeout=300)
+
+    assert sweep.returncode == 1, output[-3000:]
+    assert "1 of 2 sweep jobs failed" in output
+    assert "job #1 (" in output and "was lost" in output
+    client, (parent,), children = runs_of(uri, "tests")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["n_finished"] == 1 and parent.data.metrics["n_failed"] == 1
+    killed = client.get_run(victim.info.run_id)
+    assert killed.info.status == "FAILED"
+    assert "ended without closing its run" in killed.data.tags["error"]
+    assert len(client.get_metric_history(killed.info.run_id, "loss")) >= 1  # kept what it had
+    (finished,) = [c for c in children if c.info.run_id != victim.info.run_id]
+    assert finished.info.status == "FINISHED" and "test_accuracy" in finished.data.metrics
+
+
+def wait_for_training_job(uri, param, value, process, timeout=240):
+    """The child run with ``param=value`` once it has logged an epoch."""
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        experiment = client.get_experiment_by_name("tests")
+        runs = client.search_runs([experiment.experiment_id],
+                                  f"params.`{param}` = '{value}'") if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no job with {param}={value} logged an epoch:\n"
+                         f"{process.stdout.read() if process.poll() is not None else ''}")
+
+
+def test_submitit_local_sweep_logs_two_children_under_one_parent(tiny_cifar, tmp_path):
+    done = run("cifar10-mlp", ["-m", "hydra/launcher=submitit_local",
+                               "hydra.launcher.cpus_per_task=1",
+                               *sweep_overrides(tiny_cifar, tmp_path), "tracking.log_model=false",
+                               "optimizer.lr=0.01,0.001"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    assert len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.params["optimizer.lr"] for c in children} == {"0.01", "0.001"}
+    assert {c.data.params["trainer.threads"] for c in children} == {"1"}  # cpus_per_task
+    # each job ran in a process of its own, as on a cluster
+    assert len({c.data.tags["pid"] for c in children}) == 2
+    assert client.get_run(parent.info.run_id).data.metrics["n_finished"] == 2
+
+
+def test_slurm_preset_becomes_the_sbatch_header_a_cluster_needs(tmp_path, monkeypatch):
+    import submitit
+    from conftest import compose_config
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    launcher = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                               "hydra.launcher.account=vision"], with_hydra=True).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    # the parameters as the launcher hands them to submitit, which rejects any that
+    # sbatch does not take; no cluster here, so pretend `srun` exists
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    settings = {key if key in base else f"slurm_{key}": value
+                for key, value in OmegaConf.to_container(launcher, resolve=False).items()
+                if key not in {"_target_", "submitit_folder", "max_num_timeout", "name"}}
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor.update_parameters(**settings)
+    header = executor._executor._make_submission_file_text("cifar10-mlp", "0")
+    for line in ("--partition=gpu", "--account=vision",
+                 f"--cpus-per-task={launcher.cpus_per_task}", f"--mem={launcher.mem_gb}GB",
+                 f"--time={launcher.timeout_min}"):
+        assert line in header, line
