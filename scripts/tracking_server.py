@@ -81,31 +81,19 @@ def start(folder: Path, host: str, port: int, pg_port: int, workers: int, timeou
         raise ServerError(f"{folder / 'server.json'} exists: a server was started from this "
                           "folder and not stopped; run `stop --dir` first")
     pg_port = pg_port or free_port()
-    postgres_pid = start_postgres(folder, pg_port)
-    state = {"postgres_pid": postgres_pid, "postgres_port": pg_port}
+    state = {"postgres_pid": start_postgres(folder, pg_port), "postgres_port": pg_port}
     _write_state(folder, state)
     try:
         create_database(pg_port)
         port = port or free_port()
         uri = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        log_file = folder / "mlflow-server.log"
-        artifacts = folder / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        mlflow = Path(sys.executable).parent / "mlflow"
-        with open(log_file, "ab") as log:
-            server = subprocess.Popen(
-                [str(mlflow), "server",
-                 "--backend-store-uri", f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/{DATABASE}",
-                 "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
-                 "--host", host, "--port", str(port), "--workers", str(workers), *mlflow_args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # its own process group: its workers stop with it
-        state |= {"mlflow_pid": server.pid, "uri": uri}
-        _write_state(folder, state)
-        progress(f"MLflow server (pid {server.pid}) starting on {uri}; log: {log_file}")
+        server = start_mlflow_server(folder, pg_port, host, port, workers, mlflow_args)
+        _write_state(folder, state | {"mlflow_pid": server.pid, "uri": uri})
+        progress(f"MLflow server (pid {server.pid}) starting on {uri}")
         deadline = time.monotonic() + timeout
         while not healthy(uri):
             if server.poll() is not None or time.monotonic() > deadline:
+                log_file = folder / "mlflow-server.log"
                 raise ServerError(f"the MLflow server did not come up on {uri}; "
                                   f"see {log_file}:\n{tail(log_file)}")
             time.sleep(0.5)
@@ -114,6 +102,21 @@ def start(folder: Path, host: str, port: int, pg_port: int, workers: int, timeou
         raise
     progress(f"MLflow server ready: export MLFLOW_TRACKING_URI={uri}")
     return uri
+
+
+def start_mlflow_server(folder: Path, pg_port: int, host: str, port: int, workers: int,
+                        mlflow_args: list[str]) -> subprocess.Popen:
+    """`mlflow server` on the PostgreSQL database, artifacts served from DIR/artifacts."""
+    artifacts = folder / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with open(folder / "mlflow-server.log", "ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server",
+             "--backend-store-uri", f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/{DATABASE}",
+             "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
+             "--host", host, "--port", str(port), "--workers", str(workers), *mlflow_args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: its workers stop with it
 
 
 def stop(folder: Path) -> None:
