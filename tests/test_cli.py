@@ -162,37 +162,38 @@ def test_locked_sqlite_store_gives_a_clear_error(tmp_path):
     check_store(f"sqlite:///{path}", timeout=0.2)  # free again
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_ends_killed_with_the_epochs_so_far(tiny_cifar, tmp_path, signum):
-    overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=500",
-                 "trainer.early_stopping.patience=null"]
+def interrupt_after_epochs(overrides, tmp_path, epochs, signum):
+    """Run the CLI, send ``signum`` once ``epochs`` epochs are logged and check that the run
+    ended KILLED with the epochs so far, each once; return its id and epoch count."""
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = wait_for_epochs(process, client, 2)
+    run_id = wait_for_epochs(process, client, epochs)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert "interrupted; the MLflow run is marked KILLED" in stderr
-    run = client.get_run(run_id)
-    assert run.info.status == "KILLED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert steps == list(range(1, len(steps) + 1)) and 2 <= len(steps) < 500
+    assert client.get_run(run_id).info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= epochs
+    return run_id, len(steps)
 
 
 @pytest.mark.slow
-def test_resume_continues_the_interrupted_run_to_its_last_epoch(tiny_cifar, tmp_path):
-    overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=200",
+def test_sigterm_ends_the_run_killed_with_the_epochs_so_far(tiny_cifar, tmp_path):
+    overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=500",
+                 "trainer.early_stopping.patience=null"]
+    _, logged = interrupt_after_epochs(overrides, tmp_path, 2, signal.SIGTERM)
+    assert logged < 500
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_continues_the_run_to_its_last_epoch(tiny_cifar, tmp_path):
+    epochs = 40  # ~0.3 s each: enough left to interrupt after 3
+    overrides = [*tiny_overrides(tiny_cifar, tmp_path), f"trainer.epochs={epochs}",
                  "trainer.early_stopping.patience=null", "tracking.log_model=false"]
-    process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, preexec_fn=ctrl_c_enabled)
+    run_id, interrupted_at = interrupt_after_epochs(overrides, tmp_path, 3, signal.SIGINT)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = wait_for_epochs(process, client, 3)
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
-    assert client.get_run(run_id).info.status == "KILLED"
-    interrupted_at = len(client.get_metric_history(run_id, "loss"))
 
     done = run_cli([*overrides, "trainer.resume=true"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -201,9 +202,9 @@ def test_resume_continues_the_interrupted_run_to_its_last_epoch(tiny_cifar, tmp_
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     for key in ("loss", "val_accuracy", "lr"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
-        assert sorted(steps) == list(range(1, 201)), key  # each epoch exactly once
-    assert run.data.metrics["epochs_trained"] == 200
-    assert 3 <= interrupted_at < 200
+        assert sorted(steps) == list(range(1, epochs + 1)), key  # each epoch exactly once
+    assert run.data.metrics["epochs_trained"] == epochs
+    assert interrupted_at < epochs
     assert not (tmp_path / "checkpoints" / run_id).exists()  # cleaned up when finished
 
 
