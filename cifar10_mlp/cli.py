@@ -8,6 +8,8 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # TensorFlow's C++ start-up chatter hides the run's own output; set before it is imported
@@ -39,7 +41,6 @@ def train(cfg: DictConfig) -> float:
     In a sweep (-m) a failing job is recorded as a FAILED child run and returns NaN,
     so the other jobs go on and the sweep's summary counts it.
     """
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends the run KILLED too
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
@@ -49,7 +50,8 @@ def train(cfg: DictConfig) -> float:
     if cfg.trainer.threads is None:
         cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
     try:
-        summary = runner.run(cfg, overrides, parent_run_id)
+        with sigterm_interrupts():
+            summary = runner.run(cfg, overrides, parent_run_id)
     except KeyboardInterrupt:
         sys.exit("cifar10-mlp: interrupted; the MLflow run is marked KILLED with the metrics "
                  "logged so far")
@@ -104,6 +106,18 @@ def cpus_per_job(launcher: DictConfig) -> int:
     if per_job:
         return int(per_job)
     return max(1, (os.cpu_count() or 1) // max(1, launcher.get("n_jobs") or 1))
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop) interrupts the block as Ctrl-C does, so the run ends
+    KILLED; afterwards the process's own handler is back (a Ray or joblib worker goes on
+    to other jobs and must still stop as its pool expects)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum, frame) -> None:

@@ -212,3 +212,12 @@ def test_resume_without_an_interrupted_run_says_so(tiny_cifar, tmp_path):
     done = run_cli([*tiny_overrides(tiny_cifar, tmp_path), "trainer.resume=true"], tmp_path)
     assert done.returncode != 0
     assert "trainer.resume=true: no interrupted (KILLED) run in experiment 'tests'" in done.stderr
+
+
+def test_sigterm_interrupts_the_run_and_then_the_worker_handler_is_back():
+    from cifar10_mlp.cli import sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_interrupts():
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
