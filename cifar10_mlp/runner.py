@@ -33,10 +33,12 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     ``parent_run_id`` files the run under a sweep's parent run.
     """
     schema.validate(cfg)  # fail fast, before TensorFlow is imported
-    from cifar10_mlp import data, evaluate, model, plots, preprocess, tracking, train
+    from cifar10_mlp import tracking
 
-    tracking.check_store(cfg.tracking.uri)  # before any data is read or weight trained
+    tracking.check_store(cfg.tracking.uri)  # before TensorFlow, any data or any training
     resume_run_id = tracking.find_interrupted(cfg) if cfg.trainer.resume else None
+    from cifar10_mlp import data, evaluate, model, plots, preprocess, train
+
     train.limit_threads(cfg.trainer.threads)
     seconds: dict[str, float] = {}
     with stopwatch(seconds, "data"):
@@ -53,7 +55,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
             run.log_missing_epochs(train.read_checkpoint(checkpoints)["history"])
         with stopwatch(seconds, "train"):
             history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,
-                                checkpoints, callbacks=[run.epoch_logger])
+                                checkpoints, callbacks=[train.epoch_callback(run.log_epoch)])
         log.info("evaluating on the validation and test sets; logging results")
         with stopwatch(seconds, "evaluate"):
             val = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names,

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
@@ -38,6 +38,9 @@ from omegaconf import DictConfig, OmegaConf
 from cifar10_mlp.data import DataSplit
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.evaluate import Evaluation
+
+if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks run before it
+    import keras
 
 MAX_TAG_LENGTH = 5000
 # versions recorded on every run, so a result can be traced and rerun
@@ -67,26 +70,17 @@ def uninterrupted() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Logs every Keras epoch metric (loss, accuracy, val_*, lr) at step = epoch number."""
-
-    def __init__(self, run_id: str):
-        super().__init__()
-        self.run_id = run_id
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = {name: float(value) for name, value in (logs or {}).items()}
-        with uninterrupted():
-            mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
-
-
 class TrackedRun:
-    """An open MLflow run: a Keras callback for epochs and loggers for the results."""
+    """An open MLflow run, with loggers for what training and evaluation produce."""
 
     def __init__(self, run_id: str, tracking_uri: str):
         self.run_id = run_id
         self.tracking_uri = tracking_uri
-        self.epoch_logger = EpochLogger(run_id)
+
+    @uninterrupted()
+    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+        """One epoch's metrics (loss, accuracy, val_*, lr) at step = epoch number."""
+        mlflow.log_metrics(metrics, step=step, run_id=self.run_id)
 
     @uninterrupted()
     def log_result(self, evaluation: Evaluation, figures: dict[str, Figure],

@@ -66,6 +66,13 @@ class StopOnDivergence(keras.callbacks.Callback):
                                    f"{self.epoch + 1}, batch {batch + 1}")
 
 
+def epoch_callback(log_epoch: Callable[[int, dict[str, float]], None]
+                   ) -> keras.callbacks.Callback:
+    """Hands each finished epoch's number (from 1) and metrics to ``log_epoch``."""
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log_epoch(
+        epoch + 1, {name: float(value) for name, value in (logs or {}).items()}))
+
+
 class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite; the run cannot recover."""
 

@@ -60,11 +60,11 @@ def tracking_server():
 
 def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, tracking_server):
     experiment = f"ray-{uuid.uuid4().hex[:8]}"  # a server outlives one test run
-    overrides = [o for o in sweep_overrides(tiny_cifar, tmp_path)
+    overrides = [o for o in sweep_overrides(tiny_cifar, tmp_path)  # models logged too
                  if not o.startswith("tracking.")]
     done = run("cifar10-mlp", ["-m", *RAY, *overrides, "tracking=server",
                                f"tracking.uri={tracking_server}",
-                               f"tracking.experiment={experiment}", "tracking.log_model=false",
+                               f"tracking.experiment={experiment}",
                                "optimizer.lr=0.01,0.001", "model.dropout=0.0,0.2"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -81,6 +81,8 @@ def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, trac
         assert 0 <= child.data.metrics["test_accuracy"] <= 1
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert plots == PLOTS
+        assert "model/MLmodel" in {a.path for a in client.list_artifacts(child.info.run_id,
+                                                                         "model")}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/runs.csv", "report/best_confusion_matrix.png"} <= report
     # two jobs at a time: the later two found the arrays the first ones decoded
@@ -91,7 +93,7 @@ def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, trac
 
 def test_a_killed_ray_job_is_recorded_failed_and_the_rest_complete(tiny_cifar, tmp_path):
     # job 0 trains one epoch; job 1 would train for minutes and is killed mid-training
-    args = ["-m", *RAY, *sweep_overrides(tiny_cifar, tmp_path), "tracking.log_model=false",
+    args = ["-m", *RAY, *sweep_overrides(tiny_cifar, tmp_path),
             "trainer.early_stopping.patience=null", "trainer.epochs=1,2000"]
     sweep = subprocess.Popen([str(CLI), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -132,7 +134,7 @@ def wait_for_training_job(uri, param, value, process, timeout=240):
 def test_submitit_local_sweep_logs_two_children_under_one_parent(tiny_cifar, tmp_path):
     done = run("cifar10-mlp", ["-m", "hydra/launcher=submitit_local",
                                "hydra.launcher.cpus_per_task=1",
-                               *sweep_overrides(tiny_cifar, tmp_path), "tracking.log_model=false",
+                               *sweep_overrides(tiny_cifar, tmp_path),
                                "optimizer.lr=0.01,0.001"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
