@@ -45,10 +45,7 @@ def train(cfg: DictConfig) -> float:
     overrides = list(hydra_cfg.overrides.task)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
-    if sweeping and cfg.tracking.run_name is None:
-        cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
-    if cfg.trainer.threads is None:
-        cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
+    fill_launch_settings(cfg, hydra_cfg, sweeping)
     try:
         with sigterm_interrupts():
             summary = runner.run(cfg, overrides, parent_run_id)
@@ -94,6 +91,15 @@ def where_to_look(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"at {tracking_uri}"
     return f"with: mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def fill_launch_settings(cfg: DictConfig, hydra_cfg: DictConfig, sweeping: bool) -> None:
+    """Fill in what the config leaves to the launch: a sweep job's run name ("job N") and
+    TensorFlow's threads (all cores, or the launcher's cores per job)."""
+    if sweeping and cfg.tracking.run_name is None:
+        cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
+    if cfg.trainer.threads is None:
+        cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
 
 
 def cpus_per_job(launcher: DictConfig) -> int:

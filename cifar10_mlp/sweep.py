@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp.cli import PARENT_RUN_ENV
 
@@ -48,14 +49,22 @@ class SweepTracker(Callback):
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         log.info("sweep parent MLflow run %s", self.parent_run_id)
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns
+        errors into FAILED runs and a NaN): record it, so no job of the sweep goes missing."""
+        if self.parent_run_id is None or job_return.status != JobStatus.FAILED:
+            return
+        from cifar10_mlp import tracking
+        from cifar10_mlp.cli import fill_launch_settings
+
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        fill_launch_settings(job_cfg, config.hydra, sweeping=True)
+        tracking.record_lost_job(job_cfg, job_return.overrides, self.parent_run_id,
+                                 job_return._return_value)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
             return
-        from cifar10_mlp import tracking
-
-        for run_id in tracking.fail_unclosed_children(config.tracking.uri, self.parent_run_id):
-            log.error("run %s of this sweep was left RUNNING by a job that died; "
-                      "marked FAILED", run_id)
         outcome = report_sweep(config.tracking.uri, self.parent_run_id,
                                Path(config.hydra.sweep.dir))
         os.environ.pop(PARENT_RUN_ENV, None)

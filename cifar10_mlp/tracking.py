@@ -184,6 +184,31 @@ def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: 
         raise error
 
 
+class JobLost(RuntimeError):
+    """A sweep job's worker died (killed, out of memory, node lost) before it returned."""
+
+
+def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str,
+                    error: BaseException) -> None:
+    """Record a sweep job whose worker died as FAILED: the run it had opened, or a new
+    child run holding its config when it died before opening one."""
+    lost = JobLost(f"the job's worker died ({type(error).__name__}: "
+                   f"{str(error).splitlines()[0] if str(error) else ''})")
+    client = MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(parent_run_id)
+    joined = " ".join(overrides) or "(defaults)"
+    opened = [run for run in client.search_runs(
+                  [parent.info.experiment_id],
+                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                "and attributes.status = 'RUNNING'")
+              if run.data.tags.get("overrides") == joined]
+    if not opened:
+        record_failed_run(cfg, overrides, parent_run_id, lost)
+        return
+    client.set_tag(opened[0].info.run_id, "error", f"JobLost: {lost}"[:MAX_TAG_LENGTH])
+    client.set_terminated(opened[0].info.run_id, status="FAILED")
+
+
 def _log_split(split: DataSplit) -> None:
     mlflow.log_params({"split.n_train": len(split.y_train), "split.n_val": len(split.y_val),
                        "split.n_test": len(split.y_test)})
@@ -192,7 +217,12 @@ def _log_split(split: DataSplit) -> None:
         dataset = mlflow.data.from_numpy(split.x_train, targets=split.y_train,
                                          source=split.source, name="cifar10",
                                          digest=split.digest[:16])
-    mlflow.log_input(dataset, context="training")
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException:
+        # parallel jobs of a sweep race in MLflow's check-then-insert of the same dataset
+        # (UNIQUE constraint failed: datasets...); the loser finds it registered now
+        mlflow.log_input(dataset, context="training")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -306,21 +336,6 @@ def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
                             tags={**tags, **_git_tags(), "sweep": "parent"})
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return run.info.run_id
-
-
-def fail_unclosed_children(uri: str, parent_run_id: str) -> list[str]:
-    """End FAILED, and return, the sweep's children still RUNNING after all its jobs returned.
-
-    Their process died without closing its run: killed, out of memory, or its node lost.
-    """
-    client = MlflowClient(uri)
-    unclosed = [child.run_id for child in sweep_children(uri, parent_run_id)
-                if child.status == "RUNNING"]
-    for run_id in unclosed:
-        client.set_tag(run_id, "error", "the job's process ended without closing its run "
-                                        "(killed, out of memory, or its node was lost)")
-        client.set_terminated(run_id, status="FAILED")
-    return unclosed
 
 
 def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:

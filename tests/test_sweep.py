@@ -145,3 +145,32 @@ def test_killed_optuna_search_resumes_to_the_full_number_of_trials(tiny_cifar, t
     # the resumed session drew new values rather than replaying the first session's
     assert len({t.params["optimizer.lr"] for t in complete_trials(tmp_path)}) == n_trials
     assert len({c.info.run_name for c in children}) == len(children)  # job N = trial N
+
+
+def test_a_job_lost_before_its_run_opened_is_recorded_failed_with_its_config(
+        tiny_cifar, tmp_path, monkeypatch):
+    from conftest import compose_config
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import open_dict
+
+    from cifar10_mlp.cli import PARENT_RUN_ENV
+    from cifar10_mlp.sweep import SweepTracker
+
+    monkeypatch.setenv(PARENT_RUN_ENV, "")  # restored after the test
+    job = ["optimizer.lr=0.01"]
+    config = compose_config([*sweep_overrides(tiny_cifar, tmp_path), *job], with_hydra=True)
+    with open_dict(config):
+        config.hydra.job.num = 3
+    tracker = SweepTracker()
+    tracker.on_multirun_start(config)
+    # what a launcher reports for a job whose worker died while starting
+    tracker.on_job_end(config, JobReturn(overrides=job, status=JobStatus.FAILED,
+                                         _return_value=RuntimeError("worker killed")))
+
+    client, (parent,), (lost,) = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    assert lost.info.status == "FAILED" and lost.info.run_name == "job 3"
+    assert lost.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert lost.data.tags["error"] == \
+        "JobLost: the job's worker died (RuntimeError: worker killed)"
+    assert lost.data.params["optimizer.lr"] == "0.01"  # its config, as for any job
+    assert lost.data.tags["overrides"] == "optimizer.lr=0.01"

@@ -3,9 +3,10 @@
 ``hydra-ray-launcher`` collects its jobs with one ``ray.get`` after another, so the
 first job whose worker dies (killed, out of memory, node lost) aborts the whole sweep:
 the other results are dropped and the sweep's end callbacks never run. Here every
-job is collected; a lost one is logged and returned as a failed job's value (NaN,
-as ``cifar10-mlp`` returns for a job that raised), so the sweep completes and
-reports it. Ray itself is imported only when a sweep launches.
+job is collected; a lost one is logged, reported to the callbacks as a FAILED job
+(the sweep callback records its run as FAILED) and returned to the sweeper as a
+failed job's value (NaN, as ``cifar10-mlp`` returns for a job that raised), so the
+sweep completes and reports it. Ray itself is imported only when a sweep launches.
 """
 
 # no `from __future__ import annotations`: Hydra imports plugin modules outside
@@ -14,7 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -123,7 +124,7 @@ class RayLauncher(Launcher):
             ref = task.remote(self.hydra_context, sweep_config, self.task_function,
                               Singleton.get_state(), os.getcwd())
             jobs.append((idx, overrides, sweep_config, ref))
-        return [_collect(ray, *job) for job in jobs]
+        return [_collect(ray, self.hydra_context.callbacks, *job) for job in jobs]
 
 
 def _run_job(hydra_context: HydraContext, sweep_config: DictConfig,
@@ -141,16 +142,18 @@ def _run_job(hydra_context: HydraContext, sweep_config: DictConfig,
                    job_subdir_key="hydra.sweep.subdir")
 
 
-def _collect(ray, idx: int, overrides: Sequence[str], sweep_config: DictConfig,
+def _collect(ray, callbacks, idx: int, overrides: Sequence[str], sweep_config: DictConfig,
              ref) -> JobReturn:
-    """The job's return, or for a job whose worker was lost, a failed job's NaN."""
+    """The job's return; for a job whose worker was lost, the callbacks hear of it as a
+    FAILED job and the sweeper gets a failed job's value, NaN (Hydra's basic sweeper
+    would abort the whole sweep on a FAILED return)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as err:
         log.error("job #%d (%s) was lost: %s", idx, " ".join(filter_overrides(overrides)),
                   str(err).splitlines()[0])
-        lost = JobReturn(overrides=list(overrides), cfg=sweep_config,
-                         hydra_cfg=sweep_config, status=JobStatus.COMPLETED,
+        lost = JobReturn(overrides=list(overrides), cfg=sweep_config, hydra_cfg=sweep_config,
+                         status=JobStatus.FAILED, _return_value=err,
                          task_name=sweep_config.hydra.job.name)
-        lost.return_value = math.nan
-        return lost
+        callbacks.on_job_end(config=sweep_config, job_return=lost)
+        return replace(lost, status=JobStatus.COMPLETED, _return_value=math.nan)
