@@ -18,17 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from cifar10_mlp import runner, schema  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
 from cifar10_mlp.errors import UserError  # noqa: E402
+from cifar10_mlp.launch import PARENT_RUN_ENV, fill_launch_settings  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-# how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
-# not MLFLOW_RUN_ID, which MLflow would take as a run to resume
-PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
 
 schema.register_configs()
 log = logging.getLogger(__name__)
@@ -93,27 +90,6 @@ def where_to_look(tracking_uri: str) -> str:
     return f"with: mlflow ui --backend-store-uri {tracking_uri}"
 
 
-def fill_launch_settings(cfg: DictConfig, hydra_cfg: DictConfig, sweeping: bool) -> None:
-    """Fill in what the config leaves to the launch: a sweep job's run name ("job N") and
-    TensorFlow's threads (all cores, or the launcher's cores per job)."""
-    if sweeping and cfg.tracking.run_name is None:
-        cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
-    if cfg.trainer.threads is None:
-        cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
-
-
-def cpus_per_job(launcher: DictConfig) -> int:
-    """The cores one sweep job may use, read from the launcher's settings.
-
-    Ray's ``remote.num_cpus`` and submitit's ``cpus_per_task`` give them per job;
-    joblib's ``n_jobs`` parallel jobs share this machine's cores.
-    """
-    per_job = OmegaConf.select(launcher, "remote.num_cpus") or launcher.get("cpus_per_task")
-    if per_job:
-        return int(per_job)
-    return max(1, (os.cpu_count() or 1) // max(1, launcher.get("n_jobs") or 1))
-
-
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a scheduler's stop) interrupts the block as Ctrl-C does, so the run ends
@@ -138,9 +114,9 @@ def report() -> None:
     parser.add_argument("--out", type=Path, default=Path("sweep_report"),
                         help="folder for runs.csv, runs.md and the best confusion matrix")
     args = parser.parse_args()
-    from cifar10_mlp import sweep, tracking
+    from cifar10_mlp import sweep, sweep_store
 
-    parent = tracking.find_sweep(args.tracking_uri, args.sweep)
+    parent = sweep_store.find_sweep(args.tracking_uri, args.sweep)
     if parent is None:
         sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
                  f"{args.tracking_uri}")

@@ -1,7 +1,7 @@
 """Multirun bookkeeping as a Hydra callback: one MLflow parent run per sweep, a report at the end.
 
 The parent (with the SQLite store and experiment) is created in the launching process
-before any job starts; jobs find its id in ``cli.PARENT_RUN_ENV``, which every
+before any job starts; jobs find its id in ``launch.PARENT_RUN_ENV``, which every
 launcher's workers inherit, and open their runs as its children.
 """
 
@@ -16,7 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar10_mlp.cli import PARENT_RUN_ENV
+from cifar10_mlp.launch import PARENT_RUN_ENV, fill_launch_settings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class SweepTracker(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # imported here, not at the top: Hydra builds callbacks for every run, and a
         # single run must not import MLflow and TensorFlow before its config is checked
-        from cifar10_mlp import tracking
+        from cifar10_mlp import sweep_store
 
         sweeper = config.hydra.sweeper
         swept = {f"sweep.{key}": value for key, value in
@@ -38,7 +38,7 @@ class SweepTracker(Callback):
         swept |= {f"sweep.{key}": str(value)
                   for key, value in (sweeper.get("params") or {}).items()}
         study = sweeper.get("study_name")
-        self.parent_run_id = tracking.open_sweep(
+        self.parent_run_id = sweep_store.open_sweep(
             config.tracking.uri,
             config.tracking.experiment,
             run_name=f"sweep {study}" if study else "sweep",
@@ -54,12 +54,11 @@ class SweepTracker(Callback):
         errors into FAILED runs and a NaN): record it, so no job of the sweep goes missing."""
         if self.parent_run_id is None or job_return.status != JobStatus.FAILED:
             return
-        from cifar10_mlp import tracking
-        from cifar10_mlp.cli import fill_launch_settings
+        from cifar10_mlp import sweep_store
 
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         fill_launch_settings(job_cfg, config.hydra, sweeping=True)
-        tracking.record_lost_job(job_cfg, job_return.overrides, self.parent_run_id,
+        sweep_store.record_lost_job(job_cfg, job_return.overrides, self.parent_run_id,
                                  job_return._return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -76,9 +75,9 @@ class SweepTracker(Callback):
 def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
     """Build the comparison report of a sweep, write it to ``out_dir``, log it to the parent;
     return the :class:`report.SweepReport`."""
-    from cifar10_mlp import plots, report, tracking
+    from cifar10_mlp import plots, report, sweep_store
 
-    outcome = report.build(tracking.sweep_children(uri, parent_run_id))
+    outcome = report.build(sweep_store.sweep_children(uri, parent_run_id))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [report.write_csv(outcome, out_dir / "runs.csv")]
     (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
@@ -89,12 +88,12 @@ def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
         tags["best_run_id"] = outcome.best.run_id
         metrics |= {f"best_{k}": v for k, v in outcome.best.metrics.items()
                     if k in report.METRIC_COLUMNS}
-        matrix = tracking.download_artifact(uri, outcome.best.run_id,
+        matrix = sweep_store.download_artifact(uri, outcome.best.run_id,
                                             "plots/confusion_matrix.png", out_dir)
         if matrix is not None:
             files.append(matrix.replace(out_dir / "best_confusion_matrix.png"))
     figure = plots.hyperparameter_scatter(outcome.rows, outcome.swept, report.SELECTION_METRIC)
-    tracking.close_sweep(uri, parent_run_id, tags, metrics, files,
+    sweep_store.close_sweep(uri, parent_run_id, tags, metrics, files,
                          {"val_accuracy_by_hyperparameter.png": figure})
     print(f"\nSweep {parent_run_id}: {report.summary_line(outcome)}\n"
           f"{report.to_markdown(outcome)}\nreport: {out_dir}\n")

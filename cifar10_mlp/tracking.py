@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking of one run (with ``sweep_store.py``, the only modules that import mlflow).
 
 ``start_run`` opens a run and records what the run depends on (config, data,
 code version); the returned :class:`TrackedRun` records what it produced.
@@ -15,13 +15,11 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
-import time
 import traceback
 import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +28,6 @@ import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
@@ -141,7 +138,7 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     """
     mlflow.set_tracking_uri(cfg.tracking.uri)
     mlflow.set_experiment(experiment or cfg.tracking.experiment)
-    tags = {"overrides": " ".join(overrides) or "(defaults)", **_git_tags(),
+    tags = {"overrides": " ".join(overrides) or "(defaults)", **git_tags(),
             "host": socket.gethostname(), "pid": str(os.getpid()),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
     with mlflow.start_run(run_id=resume_run_id, run_name=cfg.tracking.run_name, tags=tags,
@@ -182,31 +179,6 @@ def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: 
     """Record a run that failed before it could start (bad config or data) as FAILED."""
     with contextlib.suppress(type(error)), start_run(cfg, overrides, None, parent_run_id):
         raise error
-
-
-class JobLost(RuntimeError):
-    """A sweep job's worker died (killed, out of memory, node lost) before it returned."""
-
-
-def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str,
-                    error: BaseException) -> None:
-    """Record a sweep job whose worker died as FAILED: the run it had opened, or a new
-    child run holding its config when it died before opening one."""
-    lost = JobLost(f"the job's worker died ({type(error).__name__}: "
-                   f"{str(error).splitlines()[0] if str(error) else ''})")
-    client = MlflowClient(cfg.tracking.uri)
-    parent = client.get_run(parent_run_id)
-    joined = " ".join(overrides) or "(defaults)"
-    opened = [run for run in client.search_runs(
-                  [parent.info.experiment_id],
-                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                "and attributes.status = 'RUNNING'")
-              if run.data.tags.get("overrides") == joined]
-    if not opened:
-        record_failed_run(cfg, overrides, parent_run_id, lost)
-        return
-    client.set_tag(opened[0].info.run_id, "error", f"JobLost: {lost}"[:MAX_TAG_LENGTH])
-    client.set_terminated(opened[0].info.run_id, status="FAILED")
 
 
 def _log_split(split: DataSplit) -> None:
@@ -279,7 +251,7 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def _git_tags() -> dict[str, str]:
+def git_tags() -> dict[str, str]:
     """The commit of the code that runs, when it runs from a git checkout."""
     here = Path(__file__).resolve().parent
 
@@ -292,107 +264,6 @@ def _git_tags() -> dict[str, str]:
                 "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
     except (OSError, subprocess.SubprocessError):
         return {}
-
-
-# --- sweeps: a parent run per multirun, its jobs as children -------------------------------
-
-
-@dataclass(frozen=True)
-class ChildRun:
-    """One job of a sweep as the store holds it."""
-
-    run_id: str
-    name: str
-    status: str  # FINISHED, FAILED, KILLED or RUNNING
-    params: dict[str, str]
-    metrics: dict[str, float]
-    seconds: float | None
-    error: str | None
-
-
-def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
-               params: dict[str, str], resume_key: str | None = None) -> str:
-    """Create the sweep's parent run, and the store and experiment with it; return its id.
-
-    Called once, before any job starts, so parallel jobs never race to create the
-    SQLite schema or the experiment. With ``resume_key``, a parent already tagged with
-    it is reopened instead, so a resumed search keeps one parent.
-    """
-    client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, experiment)
-    if resume_key is not None:
-        earlier = client.search_runs([experiment_id],
-                                     filter_string=f"tags.sweep_resume_key = '{resume_key}'",
-                                     max_results=1)
-        if earlier:
-            parent_id = earlier[0].info.run_id
-            client.update_run(parent_id, status="RUNNING")
-            for child in sweep_children(uri, parent_id):  # jobs of the interrupted search
-                if child.status == "RUNNING":
-                    client.set_terminated(child.run_id, status="KILLED")
-            return parent_id
-        tags = {**tags, "sweep_resume_key": resume_key}
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={**tags, **_git_tags(), "sweep": "parent"})
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    return run.info.run_id
-
-
-def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:
-    """The parent run with this id, or the latest sweep parent of the experiment so named."""
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(run_id_or_experiment)
-    if experiment is None:
-        try:
-            return client.get_run(run_id_or_experiment).info.run_id
-        except MlflowException:
-            return None
-    latest = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'parent'",
-                                order_by=["attributes.start_time DESC"], max_results=1)
-    return latest[0].info.run_id if latest else None
-
-
-def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
-    """The sweep's child runs, oldest first."""
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              order_by=["attributes.start_time ASC"], max_results=10_000)
-    return [ChildRun(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.params),
-                     dict(run.data.metrics),
-                     (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time
-                     else None, run.data.tags.get("error"))
-            for run in runs]
-
-
-def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
-                metrics: dict[str, float], files: Sequence[Path], figures: dict[str, Figure]
-                ) -> None:
-    """Record the sweep's outcome and report under ``report/`` of its parent, end it FINISHED."""
-    client = MlflowClient(uri)
-    now = int(time.time() * 1000)
-    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
-    for path in files:
-        client.log_artifact(parent_run_id, str(path), artifact_path="report")
-    for name, figure in figures.items():
-        client.log_figure(parent_run_id, figure, f"report/{name}")
-    client.set_terminated(parent_run_id, status="FINISHED")
-
-
-def download_artifact(uri: str, run_id: str, path: str, destination: Path) -> Path | None:
-    """A run's artifact copied to ``destination``, or None when the run has none there."""
-    try:
-        return Path(MlflowClient(uri).download_artifacts(run_id, path, str(destination)))
-    except (MlflowException, OSError):
-        return None
-
-
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
-
 
 
 def log_eda(cfg: DictConfig, overrides: Sequence[str], split: DataSplit, statistics: dict,

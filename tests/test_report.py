@@ -5,7 +5,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from cifar10_mlp import plots, report
-from cifar10_mlp.tracking import ChildRun
+from cifar10_mlp.sweep_store import ChildRun
 from hydra_plugins.cifar10_mlp_optuna_sweeper.optuna_sweeper import as_override, distribution
 
 

@@ -153,7 +153,7 @@ def test_a_job_lost_before_its_run_opened_is_recorded_failed_with_its_config(
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import open_dict
 
-    from cifar10_mlp.cli import PARENT_RUN_ENV
+    from cifar10_mlp.launch import PARENT_RUN_ENV
     from cifar10_mlp.sweep import SweepTracker
 
     monkeypatch.setenv(PARENT_RUN_ENV, "")  # restored after the test

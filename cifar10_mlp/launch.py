@@ -1,0 +1,40 @@
+"""What a job takes from how it was launched: its sweep's parent run, run name and threads.
+
+Shared by the entry point (``cli.py``) and the sweep callback (``sweep.py``), which
+records jobs their launcher lost with the settings those jobs would have had.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+# how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
+# not MLFLOW_RUN_ID, which MLflow would take as a run to resume
+PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
+
+
+def fill_launch_settings(cfg: DictConfig, hydra_cfg: DictConfig, sweeping: bool) -> None:
+    """Fill in what the config leaves to the launch: a sweep job's run name ("job N") and
+    TensorFlow's threads (all cores, or the launcher's cores per job)."""
+    if sweeping and cfg.tracking.run_name is None:
+        cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
+    if cfg.trainer.threads is None:
+        cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
+
+
+def cpus_per_job(launcher: DictConfig) -> int:
+    """The cores one sweep job may use, read from the launcher's settings.
+
+    Ray's ``remote.num_cpus`` and submitit's ``cpus_per_task`` give them per job;
+    joblib's ``n_jobs`` parallel jobs share this machine's cores (-1: one job per core).
+    """
+    per_job = OmegaConf.select(launcher, "remote.num_cpus") or launcher.get("cpus_per_task")
+    if per_job:
+        return int(per_job)
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or 1
+    if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
+        n_jobs = cores + 1 + n_jobs
+    return max(1, cores // max(1, n_jobs))
