@@ -23,7 +23,11 @@ from omegaconf import DictConfig  # noqa: E402
 from cifar10_mlp import runner, schema  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
 from cifar10_mlp.errors import UserError  # noqa: E402
-from cifar10_mlp.launch import PARENT_RUN_ENV, fill_launch_settings  # noqa: E402
+from cifar10_mlp.launch import (  # noqa: E402
+    PARENT_RUN_ENV,
+    fill_launch_settings,
+    search_trial,
+)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -32,11 +36,13 @@ log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def train(cfg: DictConfig) -> float:
-    """`cifar10-mlp`: train, evaluate and log one run; returns validation accuracy.
+def train(cfg: DictConfig) -> runner.RunSummary | float:
+    """`cifar10-mlp`: train, evaluate and log one run; returns its summary (metrics a
+    sweeper optimises).
 
     In a sweep (-m) a failing job is recorded as a FAILED child run and returns NaN,
-    so the other jobs go on and the sweep's summary counts it.
+    so the other jobs go on and the sweep's summary counts it. A job of an Optuna search
+    reports to its trial every epoch and may be pruned.
     """
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
@@ -45,7 +51,8 @@ def train(cfg: DictConfig) -> float:
     fill_launch_settings(cfg, hydra_cfg, sweeping)
     try:
         with sigterm_interrupts():
-            summary = runner.run(cfg, overrides, parent_run_id)
+            trial = search_trial(hydra_cfg) if sweeping else None
+            summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None)
     except KeyboardInterrupt:
         sys.exit("cifar10-mlp: interrupted; the MLflow run is marked KILLED with the metrics "
                  "logged so far")
@@ -61,13 +68,15 @@ def train(cfg: DictConfig) -> float:
         log.error("job failed (%s); recorded as a FAILED run", err,
                   exc_info=not isinstance(err, UserError))
         return math.nan
-    print(
-        f"\ntest accuracy {summary.test_accuracy:.4f} | macro F1 {summary.test_f1_macro:.4f} | "
-        f"validation accuracy {summary.val_accuracy:.4f}\n"
-        f"MLflow run {summary.run_id}\n"
-        f"see it {where_to_look(summary.tracking_uri)}"
-    )
-    return summary.val_accuracy
+    metrics = summary.metrics
+    outcome = (f"test accuracy {metrics['test_accuracy']:.4f} | macro F1 "
+               f"{metrics['test_f1_macro']:.4f} | " if summary.pruned_epoch is None else
+               f"pruned by the search after epoch {summary.pruned_epoch}, so not evaluated on "
+               "the test set | ")
+    print(f"\n{outcome}validation accuracy {metrics['selected_val_accuracy']:.4f}\n"
+          f"MLflow run {summary.run_id}\n"
+          f"see it {where_to_look(summary.tracking_uri)}")
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -1,4 +1,5 @@
-"""What a job takes from how it was launched: its sweep's parent run, run name and threads.
+"""What a job takes from how it was launched: its sweep's parent run, run name, threads,
+and the Optuna trial it reports to.
 
 Shared by the entry point (``cli.py``) and the sweep callback (``sweep.py``), which
 records jobs their launcher lost with the settings those jobs would have had.
@@ -7,8 +8,12 @@ records jobs their launcher lost with the settings those jobs would have had.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:  # Optuna is imported only by jobs of an Optuna search
+    from cifar10_mlp.study import JobTrial
 
 # how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
 # not MLFLOW_RUN_ID, which MLflow would take as a run to resume
@@ -38,3 +43,13 @@ def cpus_per_job(launcher: DictConfig) -> int:
     if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
         n_jobs = cores + 1 + n_jobs
     return max(1, cores // max(1, n_jobs))
+
+
+def search_trial(hydra_cfg: DictConfig) -> JobTrial | None:
+    """The Optuna trial this job reports to, when our Optuna sweeper launched it (it sets
+    ``hydra.sweeper.trial``); the study's storage path is relative to the launch folder."""
+    if OmegaConf.select(hydra_cfg, "sweeper.trial") is None:
+        return None
+    from cifar10_mlp.study import join_trial
+
+    return join_trial(hydra_cfg.sweeper, hydra_cfg.runtime.cwd)

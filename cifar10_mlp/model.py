@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from cifar10_mlp import preprocess
 from cifar10_mlp.data import IMAGE_SHAPE
@@ -44,6 +45,11 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
         name="classifier",
     )(x)
     return keras.Model(inputs, outputs, name="cifar10_mlp")
+
+
+def trainable_parameters(model: keras.Model) -> int:
+    """Weights that training updates (fixed preprocessing and batch-norm statistics aside)."""
+    return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
 
 
 def _initializer(name: str, seed: int) -> keras.initializers.Initializer:

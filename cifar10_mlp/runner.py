@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +19,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSummary:
+    """What a run leaves its caller, and a sweeper: its MLflow run and the metrics logged at
+    its end (``selected_val_accuracy`` of the restored best-epoch weights, ``test_*`` unless
+    pruned, ``epochs_trained``, ``trainable_params``, ``time_*_seconds``)."""
+
     run_id: str
     tracking_uri: str
-    val_accuracy: float  # of the restored (best-epoch) weights: what a sweeper optimises
-    test_accuracy: float
-    test_f1_macro: float
+    metrics: dict[str, float]
+    pruned_epoch: int | None = None  # a search's pruner stopped the run after this epoch
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None
-        ) -> RunSummary:
+def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None,
+        report_to_trial: Callable[[int, float], bool] | None = None) -> RunSummary:
     """Train and evaluate the model ``cfg`` describes, logging everything to MLflow.
 
-    ``parent_run_id`` files the run under a sweep's parent run.
+    ``parent_run_id`` files the run under a sweep's parent run. ``report_to_trial`` gets
+    each epoch's number and validation accuracy, and returns True to stop (a search trial
+    pruned there): the run then ends without test evaluation, tagged ``pruned``.
     """
     schema.validate(cfg)  # fail fast, before TensorFlow is imported
     from cifar10_mlp import tracking
@@ -53,26 +58,40 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
         checkpoints = Path(cfg.trainer.checkpoint_dir) / run.run_id
         if resume_run_id is not None:
             run.log_missing_epochs(train.read_checkpoint(checkpoints)["history"])
+        trial = train.TrialReporter(report_to_trial) if report_to_trial else None
         with stopwatch(seconds, "train"):
             history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,
-                                checkpoints, callbacks=[train.epoch_callback(run.log_epoch)])
-        log.info("evaluating on the validation and test sets; logging results")
+                                checkpoints, callbacks=[train.epoch_callback(run.log_epoch),
+                                                        *([trial] if trial else [])])
+        pruned_epoch = trial.pruned_epoch if trial else None
         with stopwatch(seconds, "evaluate"):
             val = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names,
                                    cfg.trainer.batch_size)
-            test = evaluate.measure(mlp, split.x_test, split.y_test, split.class_names,
-                                    cfg.trainer.batch_size)
-            figures = plots.all_figures(test, history, split.x_test,
-                                        cfg.evaluation.misclassified_grid)
+            if pruned_epoch is None:
+                log.info("evaluating on the test set; logging results")
+                test = evaluate.measure(mlp, split.x_test, split.y_test, split.class_names,
+                                        cfg.trainer.batch_size)
+                figures = plots.all_figures(test, history, split.x_test,
+                                            cfg.evaluation.misclassified_grid)
+            else:  # not selected: the test set is not spent on it
+                log.info("pruned after epoch %d: no test evaluation", pruned_epoch)
+                test, figures = None, {"learning_curves.png": plots.learning_curves(history)}
         with stopwatch(seconds, "logging"):
-            run.log_result(test, figures, extra_metrics={"selected_val_accuracy": val.accuracy,
-                                                         "epochs_trained": len(history["loss"])})
-            if cfg.tracking.log_model:
-                run.log_model(mlp, split.x_test[:5])
-        run.log_metrics({f"time_{stage}_seconds": s for stage, s in seconds.items()})
+            run.log_figures(figures)
+            if test is not None:
+                run.log_test(test)
+                if cfg.tracking.log_model:
+                    run.log_model(mlp, split.x_test[:5])
+            else:
+                run.mark_pruned(pruned_epoch)
+        metrics = {"selected_val_accuracy": val.accuracy,
+                   "epochs_trained": len(history["loss"]),
+                   "trainable_params": model.trainable_parameters(mlp),
+                   **{f"time_{stage}_seconds": s for stage, s in seconds.items()}}
+        run.log_metrics(metrics)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
-    return RunSummary(run.run_id, run.tracking_uri, val.accuracy, test.accuracy,
-                      test.report["macro avg"]["f1-score"])
+    return RunSummary(run.run_id, run.tracking_uri,
+                      {**(test.metrics() if test is not None else {}), **metrics}, pruned_epoch)
 
 
 @contextmanager

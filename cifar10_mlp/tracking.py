@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks ru
     import keras
 
 MAX_TAG_LENGTH = 5000
+# tag of a run that an Optuna pruner stopped: the epoch it stopped after
+PRUNED_TAG = "pruned"
 # versions recorded on every run, so a result can be traced and rerun
 TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
 
@@ -80,17 +82,25 @@ class TrackedRun:
         mlflow.log_metrics(metrics, step=step, run_id=self.run_id)
 
     @uninterrupted()
-    def log_result(self, evaluation: Evaluation, figures: dict[str, Figure],
-                   extra_metrics: dict[str, float]) -> None:
-        """Test metrics, the classification report, the confusion matrix and figures."""
-        mlflow.log_metrics({**evaluation.metrics(), **extra_metrics})
+    def log_test(self, evaluation: Evaluation) -> None:
+        """Test metrics, the classification report and the confusion matrix."""
+        mlflow.log_metrics(evaluation.metrics())
         mlflow.log_dict(evaluation.report, "classification_report.json")
         mlflow.log_dict({"class_names": list(evaluation.class_names),
                          "counts": evaluation.confusion.tolist(),
                          "row_normalized": evaluation.confusion_normalized.tolist()},
                         "confusion_matrix.json")
+
+    @uninterrupted()
+    def log_figures(self, figures: dict[str, Figure]) -> None:
+        """Figures under ``plots/``, by file name."""
         for file_name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{file_name}")
+
+    @uninterrupted()
+    def mark_pruned(self, epoch: int) -> None:
+        """Tag a run that a search's pruner stopped after ``epoch``."""
+        mlflow.set_tag(PRUNED_TAG, str(epoch))
 
     @uninterrupted()
     def log_metrics(self, metrics: dict[str, float]) -> None:

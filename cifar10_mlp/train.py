@@ -73,6 +73,22 @@ def epoch_callback(log_epoch: Callable[[int, dict[str, float]], None]
         epoch + 1, {name: float(value) for name, value in (logs or {}).items()}))
 
 
+class TrialReporter(keras.callbacks.Callback):
+    """Hands each epoch's validation accuracy to a search trial's ``report`` and stops
+    training when it answers True (the trial is pruned); ``pruned_epoch`` is then the last
+    epoch trained (from 1)."""
+
+    def __init__(self, report: Callable[[int, float], bool]):
+        super().__init__()
+        self.report = report
+        self.pruned_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.report(epoch + 1, float(logs["val_accuracy"])):
+            self.pruned_epoch = epoch + 1
+            self.model.stop_training = True
+
+
 class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite; the run cannot recover."""
 
