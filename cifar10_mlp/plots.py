@@ -83,7 +83,8 @@ def learning_curves(history: dict[str, list[float]]) -> Figure:
 
 def hyperparameter_scatter(rows: list[dict[str, object]], params: list[str],
                            metric: str) -> Figure:
-    """One panel per swept hyperparameter: its value against ``metric``, one dot per run.
+    """One panel per swept hyperparameter: its value against ``metric``, one dot per run,
+    pruned runs (stopped early, so at a lower value) as grey crosses.
 
     Numeric values go on a linear (or, spanning a decade or more, log) axis; anything else,
     such as a list of layer widths, is placed as a category.
@@ -94,20 +95,52 @@ def hyperparameter_scatter(rows: list[dict[str, object]], params: list[str],
     for ax, param in zip(np.atleast_1d(fig.subplots(1, len(params))), params, strict=True):
         values = [str(row[param]) for row in scored]
         numbers = _as_floats(values)
-        y = [row[metric] for row in scored]
         if numbers is not None:
-            ax.scatter(numbers, y)
+            x = numbers
             positive = [v for v in numbers if v > 0]
             if len(positive) == len(numbers) and positive and max(positive) >= 10 * min(positive):
                 ax.set_xscale("log")
         else:
             categories = sorted(set(values))
-            ax.scatter([categories.index(v) for v in values], y)
+            x = [categories.index(v) for v in values]
             ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        for pruned, style in ((False, {"label": "finished"}),
+                              (True, {"label": "pruned", "marker": "x", "color": "grey"})):
+            picked = [i for i, row in enumerate(scored) if (row["status"] == "PRUNED") == pruned]
+            if picked:
+                ax.scatter([x[i] for i in picked], [scored[i][metric] for i in picked], **style)
         ax.set_xlabel(param)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{metric} by hyperparameter ({len(scored)} finished runs)")
+        if len({row["status"] for row in scored}) > 1:
+            ax.legend(fontsize=8)
+    n_finished = sum(row["status"] == "FINISHED" for row in scored)
+    fig.suptitle(f"{metric} by hyperparameter ({n_finished} finished, "
+                 f"{len(scored) - n_finished} pruned runs)")
+    return fig
+
+
+def pareto_front(rows: list[dict[str, object]], objectives: dict[str, str]) -> Figure:
+    """The first two objectives of the finished runs against each other, the Pareto front
+    (rows marked ``pareto``) highlighted, joined and labelled with run names."""
+    x_metric, y_metric = list(objectives)[:2]
+    runs = [row for row in rows if row["status"] == "FINISHED"
+            and isinstance(row.get(x_metric), float) and isinstance(row.get(y_metric), float)]
+    front = sorted((row for row in runs if row.get("pareto") == "yes"), key=lambda r: r[x_metric])
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter([r[x_metric] for r in runs], [r[y_metric] for r in runs], color="lightgrey",
+               edgecolor="grey", label="finished runs")
+    ax.plot([r[x_metric] for r in front], [r[y_metric] for r in front], "o-", color="tab:red",
+            label="Pareto front")
+    for row in front:
+        ax.annotate(str(row["run"]), (row[x_metric], row[y_metric]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"{x_metric} ({objectives[x_metric]})")
+    ax.set_ylabel(f"{y_metric} ({objectives[y_metric]})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Pareto front: {len(front)} of {len(runs)} finished runs")
     return fig
 
 

@@ -1,4 +1,4 @@
-"""Comparison of a sweep's child runs: a table (CSV, Markdown) and the best run."""
+"""Comparison of a sweep's child runs: a table (CSV, Markdown), the best run, the Pareto front."""
 
 from __future__ import annotations
 
@@ -12,38 +12,70 @@ from cifar10_mlp.sweep_store import ChildRun
 SELECTION_METRIC = "selected_val_accuracy"  # validation only: the test set never picks a run
 METRIC_COLUMNS = (SELECTION_METRIC, "test_accuracy", "test_f1_macro", "epochs_trained")
 IGNORED_PARAMS = ("split.", "tracking.run_name")  # derived or bookkeeping, not chosen
+PRUNED = "PRUNED"  # shown as the status of a FINISHED run that a pruner stopped
 
 
 @dataclass(frozen=True)
 class SweepReport:
     swept: list[str]  # the params whose values differ between runs
-    rows: list[dict[str, object]]  # one per run, best validation accuracy first
-    best: ChildRun | None
-    n_finished: int
+    objectives: dict[str, str]  # metric -> maximize | minimize
+    rows: list[dict[str, object]]  # one per run: finished by validation accuracy, then the rest
+    best: ChildRun | None  # by validation accuracy, among runs that were not pruned
+    pareto: list[ChildRun]  # with several objectives: the finished runs no other run beats
+    n_finished: int  # FINISHED and not pruned
+    n_pruned: int
     n_failed: int  # FAILED; KILLED runs (of an interrupted, resumed search) are listed only
 
     @property
     def columns(self) -> list[str]:
-        return ["run", "status", *self.swept, *METRIC_COLUMNS, "seconds", "error"]
+        extra = [m for m in self.objectives if m not in METRIC_COLUMNS]
+        front = ["pareto"] if len(self.objectives) > 1 else []
+        return ["run", "status", *self.swept, *METRIC_COLUMNS, *extra, *front, "seconds",
+                "error"]
 
 
-def build(children: list[ChildRun]) -> SweepReport:
-    """Tabulate the runs of one sweep and pick the best by validation accuracy."""
+def status(run: ChildRun) -> str:
+    """The run's MLflow status, or PRUNED for a run a pruner stopped."""
+    return PRUNED if run.pruned_epoch is not None else run.status
+
+
+def build(children: list[ChildRun], objectives: dict[str, str] | None = None) -> SweepReport:
+    """Tabulate the runs of one sweep, pick the best by validation accuracy (never a pruned
+    run) and, for several objectives, mark the Pareto front."""
+    objectives = dict(objectives or {SELECTION_METRIC: "maximize"})
     keys = sorted({k for run in children for k in run.params
                    if not k.startswith(IGNORED_PARAMS)})
     swept = [k for k in keys if len({run.params.get(k) for run in children}) > 1]
-    finished = [run for run in children if run.status == "FINISHED"]
-    ranked = sorted(children, key=lambda run: (run.status != "FINISHED",
+    order = {"FINISHED": 0, PRUNED: 1}
+    ranked = sorted(children, key=lambda run: (order.get(status(run), 2),
                                                -run.metrics.get(SELECTION_METRIC, -math.inf)))
-    rows = [{"run": run.name, "status": run.status,
+    finished = [run for run in ranked if status(run) == "FINISHED"]
+    front = pareto_front(finished, objectives) if len(objectives) > 1 else []
+    on_front = {run.run_id for run in front}
+    columns = [*METRIC_COLUMNS, *(m for m in objectives if m not in METRIC_COLUMNS)]
+    rows = [{"run": run.name, "status": status(run),
              **{k: run.params.get(k, "") for k in swept},
-             **{m: run.metrics.get(m, "") for m in METRIC_COLUMNS},
+             **{m: run.metrics.get(m, "") for m in columns},
+             **({"pareto": "yes" if run.run_id in on_front else ""} if len(objectives) > 1
+                else {}),
              "seconds": round(run.seconds) if run.seconds is not None else "",
              "error": run.error or ""}
             for run in ranked]
-    best = ranked[0] if finished else None
-    return SweepReport(swept, rows, best, len(finished),
+    return SweepReport(swept, objectives, rows, finished[0] if finished else None, front,
+                       len(finished), sum(status(run) == PRUNED for run in children),
                        sum(run.status == "FAILED" for run in children))
+
+
+def pareto_front(runs: list[ChildRun], objectives: dict[str, str]) -> list[ChildRun]:
+    """The runs that no other run matches or beats on every objective and beats on one."""
+    def signed(run: ChildRun) -> tuple[float, ...]:  # larger is better on every axis
+        return tuple(run.metrics[m] if way == "maximize" else -run.metrics[m]
+                     for m, way in objectives.items())
+
+    scored = [(run, signed(run)) for run in runs if all(m in run.metrics for m in objectives)]
+    return [run for run, mine in scored
+            if not any(all(o >= m for o, m in zip(other, mine, strict=True)) and other != mine
+                       for _, other in scored)]
 
 
 def write_csv(report: SweepReport, path: Path) -> Path:
@@ -72,4 +104,7 @@ def summary_line(report: SweepReport) -> str:
     best = (f"; best {report.best.name} ({report.best.run_id}) with validation accuracy "
             f"{report.best.metrics.get(SELECTION_METRIC, float('nan')):.4f}"
             if report.best else "")
-    return f"{report.n_finished} finished, {report.n_failed} failed{best}"
+    front = (f"; Pareto front of {' and '.join(report.objectives)}: "
+             f"{', '.join(run.name for run in report.pareto)}" if report.pareto else "")
+    return (f"{report.n_finished} finished, {report.n_pruned} pruned, {report.n_failed} failed"
+            f"{best}{front}")

@@ -7,6 +7,7 @@ launcher's workers inherit, and open their runs as its children.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -38,11 +39,15 @@ class SweepTracker(Callback):
         swept |= {f"sweep.{key}": str(value)
                   for key, value in (sweeper.get("params") or {}).items()}
         study = sweeper.get("study_name")
+        tags = {"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])}
+        if study:  # an Optuna search: what the report needs to rank it and mark its front
+            tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
+                     "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner}
         self.parent_run_id = sweep_store.open_sweep(
             config.tracking.uri,
             config.tracking.experiment,
             run_name=f"sweep {study}" if study else "sweep",
-            tags={"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])},
+            tags=tags,
             params=swept,
             resume_key=f"{sweeper.storage}#{study}" if study else None,
         )
@@ -58,8 +63,10 @@ class SweepTracker(Callback):
 
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         fill_launch_settings(job_cfg, config.hydra, sweeping=True)
-        sweep_store.record_lost_job(job_cfg, job_return.overrides, self.parent_run_id,
-                                 job_return._return_value)
+        # the job's own overrides, as its run records them (not the sweeper's hydra.* ones)
+        overrides = [o for o in job_return.overrides if not o.startswith(("hydra.", "hydra/"))]
+        sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id,
+                                    job_return._return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
@@ -68,8 +75,9 @@ class SweepTracker(Callback):
                                Path(config.hydra.sweep.dir))
         os.environ.pop(PARENT_RUN_ENV, None)
         if outcome.n_failed:
-            sys.exit(f"cifar10-mlp: {outcome.n_failed} of {outcome.n_finished + outcome.n_failed} "
-                     "sweep jobs failed; see the report above and their runs' `error` tags")
+            total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
+            sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "
+                     "report above and their runs' `error` tags")
 
 
 def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
@@ -77,24 +85,29 @@ def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
     return the :class:`report.SweepReport`."""
     from cifar10_mlp import plots, report, sweep_store
 
-    outcome = report.build(sweep_store.sweep_children(uri, parent_run_id))
+    objectives = sweep_store.parent_tags(uri, parent_run_id).get("sweep_objectives")
+    outcome = report.build(sweep_store.sweep_children(uri, parent_run_id),
+                           json.loads(objectives) if objectives else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [report.write_csv(outcome, out_dir / "runs.csv")]
     (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
     files.append(out_dir / "runs.md")
     tags = {"sweep_summary": report.summary_line(outcome)}
-    metrics = {"n_finished": outcome.n_finished, "n_failed": outcome.n_failed}
+    metrics = {"n_finished": outcome.n_finished, "n_pruned": outcome.n_pruned,
+               "n_failed": outcome.n_failed}
     if outcome.best is not None:
         tags["best_run_id"] = outcome.best.run_id
         metrics |= {f"best_{k}": v for k, v in outcome.best.metrics.items()
                     if k in report.METRIC_COLUMNS}
         matrix = sweep_store.download_artifact(uri, outcome.best.run_id,
-                                            "plots/confusion_matrix.png", out_dir)
+                                               "plots/confusion_matrix.png", out_dir)
         if matrix is not None:
             files.append(matrix.replace(out_dir / "best_confusion_matrix.png"))
-    figure = plots.hyperparameter_scatter(outcome.rows, outcome.swept, report.SELECTION_METRIC)
-    sweep_store.close_sweep(uri, parent_run_id, tags, metrics, files,
-                         {"val_accuracy_by_hyperparameter.png": figure})
+    figures = {"val_accuracy_by_hyperparameter.png": plots.hyperparameter_scatter(
+        outcome.rows, outcome.swept, report.SELECTION_METRIC)}
+    if len(outcome.objectives) > 1:
+        figures["pareto_front.png"] = plots.pareto_front(outcome.rows, outcome.objectives)
+    sweep_store.close_sweep(uri, parent_run_id, tags, metrics, files, figures)
     print(f"\nSweep {parent_run_id}: {report.summary_line(outcome)}\n"
           f"{report.to_markdown(outcome)}\nreport: {out_dir}\n")
     return outcome

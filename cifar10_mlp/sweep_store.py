@@ -18,10 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from cifar10_mlp.tracking import MAX_TAG_LENGTH, git_tags, record_failed_run
-
-# tag of a child run that an Optuna pruner stopped: the epoch it stopped after
-PRUNED_TAG = "pruned"
+from cifar10_mlp.tracking import MAX_TAG_LENGTH, PRUNED_TAG, git_tags, record_failed_run
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,10 @@
 """Sweeps end to end: multiruns as subprocesses on the tiny archive, a real SQLite store."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import optuna
 import pytest
 from conftest import tiny_overrides
 from mlflow import MlflowClient
@@ -100,51 +97,6 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tiny_cifar, tmp_path):
     assert bad_config.data.tags["error"] == (
         "ConfigError: model.dropout=1.5 is not allowed: expected a value in [0, 1)")
     assert "FAILED" in done.stdout and "ConfigError" in done.stdout  # listed in the summary
-
-
-def optuna_args(tiny, tmp_path, n_trials):
-    return ["hparams_search=mlp_optuna", f"hydra.sweeper.n_trials={n_trials}",
-            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-            "model.hidden=choice([8],[16])",
-            *sweep_overrides(tiny, tmp_path)]
-
-
-def complete_trials(tmp_path):
-    try:
-        study = optuna.load_study(study_name="mlp_optuna",
-                                  storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    except KeyError:  # not created yet
-        return []
-    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-
-
-@pytest.mark.slow
-def test_killed_optuna_search_resumes_to_the_full_number_of_trials(tiny_cifar, tmp_path):
-    n_trials = 4
-    args = optuna_args(tiny_cifar, tmp_path, n_trials=n_trials)
-    first = subprocess.Popen([str(CLI / "cifar10-mlp"), *args], cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(complete_trials(tmp_path)) < 2 and first.poll() is None:
-        assert time.monotonic() < deadline, "the search never finished two trials"
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert 2 <= len(complete_trials(tmp_path)) < n_trials
-
-    done = run("cifar10-mlp", args, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len(complete_trials(tmp_path)) == n_trials
-    _, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    assert len(finished) == n_trials
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    values = sorted(t.value for t in complete_trials(tmp_path))
-    assert values == sorted(c.data.metrics["selected_val_accuracy"] for c in finished)
-    # the resumed session drew new values rather than replaying the first session's
-    assert len({t.params["optimizer.lr"] for t in complete_trials(tmp_path)}) == n_trials
-    assert len({c.info.run_name for c in children}) == len(children)  # job N = trial N
 
 
 def test_a_job_lost_before_its_run_opened_is_recorded_failed_with_its_config(

@@ -14,6 +14,7 @@ sweep completes and reports it. Ray itself is imported only when a sweep launche
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
+_RAY_INIT = threading.Lock()
 
 
 @dataclass
@@ -100,10 +102,11 @@ class RayLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not ray.is_initialized():
-            init = {k: v for k, v in OmegaConf.to_container(self.init, resolve=True).items()
-                    if v is not None}
-            ray.init(**init)
+        with _RAY_INIT:  # an Optuna search launches its trials from several threads
+            if not ray.is_initialized():
+                init = {k: v for k, v in OmegaConf.to_container(self.init, resolve=True).items()
+                        if v is not None}
+                ray.init(**init)
         resources = ray.cluster_resources().get("CPU", 0)
         log.info("Ray launcher: %d jobs on %s (%g CPUs, %s per job), sweep output dir: %s",
                  len(job_overrides), self.init.address or "a local Ray instance", resources,

@@ -1,0 +1,256 @@
+"""Optuna searches: pruning from each job's own process, resuming, samplers, several objectives.
+
+End to end as subprocesses on the tiny archive (real SQLite stores, real journal files),
+and the sweeper's scheduling with a stand-in launcher.
+"""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import optuna
+import pytest
+from conftest import compose_config
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from test_sweep import CLI, run, runs_of, sweep_overrides
+
+from cifar10_mlp.runner import RunSummary
+from cifar10_mlp.study import SAMPLERS, StudyError, build_sampler, check_search, open_storage
+
+State = optuna.trial.TrialState
+# a threshold no validation accuracy reaches: every trial is pruned after its first epoch
+ALWAYS_PRUNE = ["hydra.sweeper.pruner=threshold", "hydra.sweeper.pruners.threshold.lower=1.1"]
+
+
+def search_args(tiny, folder, n_trials, *extra):
+    """A small mlp_optuna search on the tiny archive, its study in folder/optuna.journal."""
+    return ["hparams_search=mlp_optuna", f"hydra.sweeper.n_trials={n_trials}",
+            "model.hidden=choice([8],[16])",
+            *(o for o in sweep_overrides(tiny, folder) if not o.startswith("trainer.epochs")),
+            *extra]
+
+
+def load_study(folder, name="mlp_optuna"):
+    return optuna.load_study(study_name=name, storage=open_storage("optuna.journal", folder))
+
+
+def finished_trials(folder):
+    try:
+        return [t for t in load_study(folder).trials if t.state.is_finished()]
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(
+        tiny_cifar, tmp_path, launcher):
+    done = run("cifar10-mlp", [*search_args(tiny_cifar, tmp_path, 2, "trainer.epochs=3"),
+                               *ALWAYS_PRUNE, *launcher], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [State.PRUNED, State.PRUNED]
+    client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    by_name = {c.info.run_name: c for c in children}
+    assert len(by_name) == 2
+    for trial in trials:
+        pruned = by_name[f"job {trial.number}"]
+        assert trial.user_attrs["mlflow_run_id"] == pruned.info.run_id
+        assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "1"
+        history = client.get_metric_history(pruned.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1]  # stopped after its first epoch of 3
+        # the job reported what its run logged to its trial, from its own process
+        assert trial.intermediate_values == {1: pytest.approx(history[0].value)}
+        assert "test_accuracy" not in pruned.data.metrics  # never evaluated on test
+        assert pruned.data.metrics["epochs_trained"] == 1
+        assert {a.path for a in client.list_artifacts(pruned.info.run_id, "plots")} == {
+            "plots/learning_curves.png"}
+        assert not client.list_artifacts(pruned.info.run_id, "model")
+    parent = client.get_run(parent.info.run_id)
+    assert (parent.data.metrics["n_finished"], parent.data.metrics["n_pruned"],
+            parent.data.metrics["n_failed"]) == (0, 2, 0)
+    assert "best_run_id" not in parent.data.tags  # a pruned run is never the best
+    assert "0 finished, 2 pruned, 0 failed" in done.stdout
+    assert sum("| PRUNED |" in line for line in done.stdout.splitlines()) == 2
+    if launcher:  # two trials at once, each in a worker process of its own
+        assert len({c.data.tags["pid"] for c in children}) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_and_counts_pruned_trials_as_done(tiny_cifar, tmp_path):
+    n_trials = 4
+    args = search_args(tiny_cifar, tmp_path, n_trials, "trainer.epochs=3", *ALWAYS_PRUNE)
+    first = subprocess.Popen([str(CLI / "cifar10-mlp"), *args], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(finished_trials(tmp_path)) < 2 and first.poll() is None:
+        assert time.monotonic() < deadline, "the search never finished two trials"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert 2 <= len(finished_trials(tmp_path)) < n_trials
+
+    done = run("cifar10-mlp", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load_study(tmp_path).trials
+    pruned = [t for t in trials if t.state == State.PRUNED]
+    interrupted = [t for t in trials if t.state != State.PRUNED]  # running at the kill, if any
+    assert len(pruned) == n_trials  # pruned trials count as done; the resumed part pruned too
+    assert all(t.state == State.FAIL and t.user_attrs["interrupted"] for t in interrupted)
+    assert len(trials) == n_trials + len(interrupted)
+    # the resumed session drew new values rather than replaying the first session's
+    assert len({t.params["optimizer.lr"] for t in pruned}) == n_trials
+
+    _, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert {c.info.run_id for c in finished} == {t.user_attrs["mlflow_run_id"] for t in pruned}
+    assert all(c.data.tags["pruned"] == "1" for c in finished)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert len({c.info.run_name for c in children}) == len(children)  # job N = trial N
+
+
+SAMPLER_SEARCHES = {
+    "random": ["hydra.sweeper.sampler=random"],
+    "cmaes": ["hydra.sweeper.sampler=cmaes"],
+    "qmc": ["hydra.sweeper.sampler=qmc"],
+    # two objectives: NSGA-II, accuracy against size
+    "pareto": ["hparams_search=mlp_pareto", "hydra.sweeper.n_trials=4",
+               "hydra.sweeper.samplers.nsga2.population_size=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def sampler_searches(tiny_cifar, tmp_path_factory):
+    """One small search per sampler, run side by side: they share nothing."""
+    started = {}
+    for name, extra in SAMPLER_SEARCHES.items():
+        folder = tmp_path_factory.mktemp(name)
+        args = [*search_args(tiny_cifar, folder, 2, "trainer.epochs=1"), *extra]
+        started[name] = folder, subprocess.Popen(
+            [str(CLI / "cifar10-mlp"), *args], cwd=folder, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+    return {name: (folder, process, *process.communicate(timeout=600))
+            for name, (folder, process) in started.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "qmc"])
+def test_each_sampler_runs_the_trials_of_a_search(sampler_searches, sampler):
+    folder, process, stdout, stderr = sampler_searches[sampler]
+    assert process.returncode == 0, stderr[-3000:]
+    assert f"({sampler} sampler, none pruner)" in stdout  # Hydra's log
+    trials = load_study(folder).trials
+    assert [t.state for t in trials] == [State.COMPLETE, State.COMPLETE]
+    _, _, children = runs_of(f"sqlite:///{folder / 'mlflow.db'}", "tests")
+    values = {c.info.run_id: c.data.metrics["selected_val_accuracy"] for c in children}
+    assert {t.user_attrs["mlflow_run_id"]: t.value for t in trials} == values
+
+
+@pytest.mark.slow
+def test_a_multi_objective_search_reports_its_pareto_front(sampler_searches):
+    folder, process, stdout, stderr = sampler_searches["pareto"]
+    assert process.returncode == 0, stderr[-3000:]
+    study = load_study(folder, "mlp_pareto")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(study.trials) == 4 and all(t.state == State.COMPLETE for t in study.trials)
+    client, (parent,), children = runs_of(f"sqlite:///{folder / 'mlflow.db'}", "tests")
+    for trial in study.trials:  # the objectives are what each run logged
+        (logged,) = [c for c in children if c.info.run_id == trial.user_attrs["mlflow_run_id"]]
+        assert trial.values == [logged.data.metrics["selected_val_accuracy"],
+                                logged.data.metrics["trainable_params"]]
+    # the report's front is Optuna's own
+    front = {c.info.run_name for c in children
+             if c.info.run_id in {t.user_attrs["mlflow_run_id"] for t in study.best_trials}}
+    (sweep_dir,) = (folder / "multirun").glob("*/*")
+    rows = (sweep_dir / "runs.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    marked = {row.split(",")[0] for row in rows[1:] if row.split(",")[header.index("pareto")]}
+    assert marked == front and front
+    assert "Pareto front of selected_val_accuracy and trainable_params: " in stdout
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/pareto_front.png" in report
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_builds_from_its_yaml_settings(name):
+    settings = compose_config(["hparams_search=mlp_optuna", f"hydra.sweeper.sampler={name}"],
+                              with_hydra=True).hydra.sweeper.samplers[name]
+    assert isinstance(build_sampler(name, dict(settings), seed=1), SAMPLERS[name])
+
+
+@pytest.mark.parametrize("objectives, sampler, pruner, message", [
+    ({"selected_val_accuracy": "maximize"}, "grid", "none",
+     "hydra.sweeper.sampler='grid' is not allowed: expected one of tpe, random"),
+    ({"selected_val_accuracy": "maximize"}, "tpe", "asha",
+     "hydra.sweeper.pruner='asha' is not allowed: expected one of none, median"),
+    ({"selected_val_accuracy": "up"}, "tpe", "none",
+     "hydra.sweeper.objectives.selected_val_accuracy='up' is not allowed"),
+    ({"selected_val_accuracy": "maximize", "trainable_params": "minimize"}, "cmaes", "none",
+     "hydra.sweeper.sampler=cmaes is not allowed with 2 objectives"),
+    ({"selected_val_accuracy": "maximize", "trainable_params": "minimize"}, "nsga2", "median",
+     "hydra.sweeper.pruner=median is not allowed with objectives"),
+    ({"time_train_seconds": "minimize"}, "tpe", "hyperband",
+     "hydra.sweeper.pruner=hyperband is not allowed with objectives"),
+])
+def test_settings_optuna_cannot_run_are_refused_by_name(objectives, sampler, pruner, message):
+    with pytest.raises(StudyError, match=message.replace("(", r"\(")):
+        check_search(objectives, sampler, pruner)
+
+
+def test_a_database_url_is_refused_as_storage(tmp_path):
+    with pytest.raises(StudyError, match="hydra.sweeper.storage='sqlite:///o.db' is not "
+                                         "allowed: expected the path of an Optuna journal"):
+        open_storage("sqlite:///o.db", tmp_path)
+
+
+class StandInLauncher:
+    """Runs each trial as a sleep (trial 0 long, the others short) from the calling thread,
+    recording when it started and ended; returns what ``cifar10-mlp`` returns."""
+
+    def __init__(self):
+        self.spans = {}
+        self.lock = threading.Lock()
+
+    def launch(self, jobs, initial_job_idx):
+        returns = []
+        for overrides in jobs:
+            trial = int(next(o for o in overrides if o.startswith("hydra.sweeper.trial="))
+                        .split("=")[1])
+            start = time.monotonic()
+            time.sleep(1.5 if trial == 0 else 0.05)
+            with self.lock:
+                self.spans[trial] = (start, time.monotonic())
+            returns.append(JobReturn(overrides=overrides, status=JobStatus.COMPLETED,
+                                     _return_value=RunSummary(f"run-{trial}", "", {
+                                         "selected_val_accuracy": trial / 10})))
+        return returns
+
+
+def stand_in_search(tmp_path, *overrides):
+    sweeper = instantiate(compose_config(
+        ["hparams_search=mlp_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+         f"hydra.sweeper.storage={tmp_path / 'optuna.journal'}", *overrides],
+        with_hydra=True).hydra.sweeper)
+    sweeper.launcher = StandInLauncher()
+    sweeper.sweep([])
+    return sweeper.launcher.spans
+
+
+def test_a_free_slot_starts_the_next_trial_at_once(tmp_path):
+    spans = stand_in_search(tmp_path)
+    long_end = spans[0][1]
+    # trials 2 and 3 ran in the slot trial 1 freed, while trial 0 was still running
+    assert spans[2][0] < long_end and spans[3][0] < long_end
+    study = load_study(tmp_path)
+    assert [t.value for t in study.trials] == [0.0, 0.1, 0.2, 0.3]
+
+
+def test_batched_trials_wait_for_the_slowest_of_their_batch(tmp_path):
+    spans = stand_in_search(tmp_path, "hydra.sweeper.batched=true")
+    assert spans[2][0] >= spans[0][1] and spans[3][0] >= spans[0][1]
