@@ -19,10 +19,12 @@ folder; on a cluster, put it on the shared filesystem the jobs already read data
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -44,19 +46,16 @@ PRUNERS = {
     "threshold": optuna.pruners.ThresholdPruner,
 }
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
-class StudyError(UserError, ValueError):
-    """A search setting that cannot work; the message names the key and what is allowed."""
+class StudyError(UserError, CompactHydraException):
+    """A search setting that cannot work; the message names the key and what is allowed
+    (Hydra prints it alone, without a traceback)."""
 
 
 def open_storage(journal: str, base_dir: str | Path) -> JournalStorage:
     """The journal storage in file ``journal`` (relative to ``base_dir``, the launch folder)."""
-    if "://" in journal:
-        raise StudyError(
-            f"hydra.sweeper.storage={journal!r} is not allowed: expected the path of an Optuna "
-            "journal file that every job can reach (e.g. optuna.journal); database storages "
-            "cache running trials per process, which breaks pruning from the jobs")
     path = Path(base_dir, journal)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
@@ -77,10 +76,24 @@ def build_pruner(name: str, settings: dict[str, Any]) -> optuna.pruners.BasePrun
     return PRUNERS[name](**settings)
 
 
-def check_search(objectives: dict[str, str], sampler: str, pruner: str) -> None:
-    """Refuse unknown samplers and pruners, and combinations Optuna cannot run: pruning or
-    CMA-ES with several objectives, pruning on anything but validation accuracy (what jobs
-    report each epoch)."""
+def check_search(objectives: Mapping[str, str], sampler: str, pruner: str, storage: str,
+                 n_jobs: int, launcher_target: str | None) -> None:
+    """Refuse settings of ``hydra.sweeper`` that cannot work: unknown samplers and pruners,
+    pruning or CMA-ES with several objectives, pruning on anything but validation accuracy
+    (what jobs report each epoch), a database as storage, parallel trials on the basic
+    launcher. Called before the sweep opens anything."""
+    if n_jobs < 1:
+        raise StudyError(f"hydra.sweeper.n_jobs={n_jobs} is not allowed: expected an integer "
+                         ">= 1")
+    if n_jobs > 1 and launcher_target == BASIC_LAUNCHER:
+        raise StudyError(f"hydra.sweeper.n_jobs={n_jobs} is not allowed with Hydra's basic "
+                         "launcher, which runs one job at a time in this process: choose "
+                         "hydra/launcher=joblib, submitit_local, ray or slurm, or n_jobs=1")
+    if "://" in storage:
+        raise StudyError(
+            f"hydra.sweeper.storage={storage!r} is not allowed: expected the path of an Optuna "
+            "journal file that every job can reach (e.g. optuna.journal); database storages "
+            "cache running trials per process, which breaks pruning from the jobs")
     for key, name, known in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS)):
         if name not in known:
             raise StudyError(f"hydra.sweeper.{key}={name!r} is not allowed: expected one of "

@@ -7,6 +7,7 @@ launcher's workers inherit, and open their runs as its children.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -41,6 +42,11 @@ class SweepTracker(Callback):
         study = sweeper.get("study_name")
         tags = {"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])}
         if study:  # an Optuna search: what the report needs to rank it and mark its front
+            from cifar10_mlp.study import check_search
+
+            # before the parent opens: a setting that cannot work leaves no run behind
+            check_search(sweeper.objectives, sweeper.sampler, sweeper.pruner, sweeper.storage,
+                         sweeper.n_jobs, config.hydra.launcher._target_)
             tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
                      "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner}
         self.parent_run_id = sweep_store.open_sweep(
@@ -53,6 +59,9 @@ class SweepTracker(Callback):
         )
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         log.info("sweep parent MLflow run %s", self.parent_run_id)
+        # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
+        # that raises would leave the parent RUNNING for ever
+        atexit.register(self._end_unfinished, config.tracking.uri, self.parent_run_id)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns
@@ -73,11 +82,22 @@ class SweepTracker(Callback):
             return
         outcome = report_sweep(config.tracking.uri, self.parent_run_id,
                                Path(config.hydra.sweep.dir))
+        atexit.unregister(self._end_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
         if outcome.n_failed:
             total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
             sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "
                      "report above and their runs' `error` tags")
+
+
+    @staticmethod
+    def _end_unfinished(uri: str, parent_run_id: str) -> None:
+        from cifar10_mlp import sweep_store
+
+        try:
+            sweep_store.end_unfinished(uri, parent_run_id)
+        except Exception as err:  # at exit: say so, never mask how the sweep ended
+            log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
 
 
 def report_sweep(uri: str, parent_run_id: str, out_dir: Path):

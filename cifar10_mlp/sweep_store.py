@@ -112,6 +112,15 @@ def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
     client.set_terminated(parent_run_id, status="FINISHED")
 
 
+def end_unfinished(uri: str, parent_run_id: str) -> None:
+    """End a parent that is still RUNNING as FAILED: its sweep stopped before its end."""
+    client = MlflowClient(uri)
+    if client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_tag(parent_run_id, "error", "the sweep stopped before it ended; see the "
+                       "command's output")
+        client.set_terminated(parent_run_id, status="FAILED")
+
+
 def download_artifact(uri: str, run_id: str, path: str, destination: Path) -> Path | None:
     """A run's artifact copied to ``destination``, or None when the run has none there."""
     try:

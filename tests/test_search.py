@@ -184,6 +184,10 @@ def test_every_sampler_builds_from_its_yaml_settings(name):
     assert isinstance(build_sampler(name, dict(settings), seed=1), SAMPLERS[name])
 
 
+ACCURACY = {"selected_val_accuracy": "maximize"}
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
 @pytest.mark.parametrize("objectives, sampler, pruner, message", [
     ({"selected_val_accuracy": "maximize"}, "grid", "none",
      "hydra.sweeper.sampler='grid' is not allowed: expected one of tpe, random"),
@@ -200,20 +204,33 @@ def test_every_sampler_builds_from_its_yaml_settings(name):
 ])
 def test_settings_optuna_cannot_run_are_refused_by_name(objectives, sampler, pruner, message):
     with pytest.raises(StudyError, match=message.replace("(", r"\(")):
-        check_search(objectives, sampler, pruner)
+        check_search(objectives, sampler, pruner, "optuna.journal", 1, BASIC)
 
 
-def test_a_database_url_is_refused_as_storage(tmp_path):
+def test_a_database_url_is_refused_as_storage():
     with pytest.raises(StudyError, match="hydra.sweeper.storage='sqlite:///o.db' is not "
                                          "allowed: expected the path of an Optuna journal"):
-        open_storage("sqlite:///o.db", tmp_path)
+        check_search(ACCURACY, "tpe", "none", "sqlite:///o.db", 1, BASIC)
+
+
+def test_parallel_trials_need_a_parallel_launcher():
+    with pytest.raises(StudyError, match="n_jobs=2 is not allowed with Hydra's basic launcher"):
+        check_search(ACCURACY, "tpe", "none", "optuna.journal", 2, BASIC)
+    check_search(ACCURACY, "tpe", "none", "optuna.journal", 2,
+                 "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher")
+
+
+def summary(trial, **metrics):
+    return RunSummary(f"run-{trial}", "", {"selected_val_accuracy": trial / 10, **metrics})
 
 
 class StandInLauncher:
-    """Runs each trial as a sleep (trial 0 long, the others short) from the calling thread,
-    recording when it started and ended; returns what ``cifar10-mlp`` returns."""
+    """Runs each trial as a sleep, from the calling thread, recording when it started and
+    ended, and returns what ``outcome(trial)`` gives: a summary as ``cifar10-mlp`` returns."""
 
-    def __init__(self):
+    def __init__(self, outcome, seconds):
+        self.outcome = outcome
+        self.seconds = seconds
         self.spans = {}
         self.lock = threading.Lock()
 
@@ -223,34 +240,82 @@ class StandInLauncher:
             trial = int(next(o for o in overrides if o.startswith("hydra.sweeper.trial="))
                         .split("=")[1])
             start = time.monotonic()
-            time.sleep(1.5 if trial == 0 else 0.05)
+            time.sleep(self.seconds(trial))
             with self.lock:
                 self.spans[trial] = (start, time.monotonic())
             returns.append(JobReturn(overrides=overrides, status=JobStatus.COMPLETED,
-                                     _return_value=RunSummary(f"run-{trial}", "", {
-                                         "selected_val_accuracy": trial / 10})))
+                                     _return_value=self.outcome(trial)))
         return returns
 
 
-def stand_in_search(tmp_path, *overrides):
+def stand_in_search(tmp_path, *overrides, outcome=summary, seconds=lambda trial: 0.0):
+    """A 4-trial mlp_optuna search whose jobs the stand-in launcher runs; its trials."""
     sweeper = instantiate(compose_config(
-        ["hparams_search=mlp_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+        ["hparams_search=mlp_optuna", "hydra.sweeper.n_trials=4",
          f"hydra.sweeper.storage={tmp_path / 'optuna.journal'}", *overrides],
         with_hydra=True).hydra.sweeper)
-    sweeper.launcher = StandInLauncher()
+    sweeper.launcher = StandInLauncher(outcome, seconds)
     sweeper.sweep([])
-    return sweeper.launcher.spans
+    return sweeper.launcher.spans, load_study(tmp_path).trials
+
+
+def one_long_trial(trial):
+    return 1.5 if trial == 0 else 0.05
 
 
 def test_a_free_slot_starts_the_next_trial_at_once(tmp_path):
-    spans = stand_in_search(tmp_path)
+    spans, trials = stand_in_search(tmp_path, "hydra.sweeper.n_jobs=2", seconds=one_long_trial)
     long_end = spans[0][1]
     # trials 2 and 3 ran in the slot trial 1 freed, while trial 0 was still running
     assert spans[2][0] < long_end and spans[3][0] < long_end
-    study = load_study(tmp_path)
-    assert [t.value for t in study.trials] == [0.0, 0.1, 0.2, 0.3]
+    assert [t.value for t in trials] == [0.0, 0.1, 0.2, 0.3]
 
 
 def test_batched_trials_wait_for_the_slowest_of_their_batch(tmp_path):
-    spans = stand_in_search(tmp_path, "hydra.sweeper.batched=true")
+    spans, _ = stand_in_search(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.batched=true",
+                               seconds=one_long_trial)
     assert spans[2][0] >= spans[0][1] and spans[3][0] >= spans[0][1]
+
+
+def test_each_job_outcome_becomes_its_trial_state_and_counts_towards_n_trials(tmp_path):
+    outcomes = {
+        0: summary(0),
+        1: RunSummary("run-1", "", {"selected_val_accuracy": 0.3}, pruned_epoch=2),
+        2: float("nan"),  # what cifar10-mlp returns for a job that failed
+        3: summary(3, selected_val_accuracy=float("nan")),  # no usable objective
+    }
+
+    def outcome(trial):
+        if trial == 4:
+            raise RuntimeError("the launcher lost the job")
+        return outcomes[trial]
+
+    _, trials = stand_in_search(tmp_path, "hydra.sweeper.n_trials=5", outcome=outcome)
+    assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL, State.FAIL,
+                                         State.FAIL]
+    assert trials[0].user_attrs["mlflow_run_id"] == "run-0"
+    assert trials[1].user_attrs["mlflow_run_id"] == "run-1"
+
+
+def test_a_setting_that_cannot_work_stops_the_search_before_anything_is_opened(tmp_path):
+    done = run("cifar10-mlp", ["hparams_search=mlp_optuna", "hydra.sweeper.pruner=asha"],
+               tmp_path)
+    assert done.returncode != 0
+    assert "hydra.sweeper.pruner='asha' is not allowed: expected one of none, median" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())  # no MLflow store, no study, no sweep folder
+
+
+def test_a_search_that_stops_early_leaves_its_parent_run_failed_not_running(tmp_path):
+    # a study of the same name with other objectives: the sweeper refuses to resume it
+    optuna.create_study(study_name="mlp_optuna", directions=["maximize", "minimize"],
+                        storage=open_storage("optuna.journal", tmp_path))
+    done = run("cifar10-mlp", ["hparams_search=mlp_optuna", "tracking.experiment=tests",
+                               f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path)
+    assert done.returncode != 0
+    assert "study 'mlp_optuna' in optuna.journal was created with 2 objective(s)" in done.stderr
+    client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    assert not children
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error"].startswith("the sweep stopped before it ended")

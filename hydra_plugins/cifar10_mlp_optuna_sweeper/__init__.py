@@ -1,1 +1,2 @@
-"""An Optuna (>= 4) sweeper for Hydra, with studies persisted so a search can resume."""
+"""An Optuna sweeper for Hydra: trials pruned from their own jobs, samplers and objectives
+from YAML, resumable studies."""

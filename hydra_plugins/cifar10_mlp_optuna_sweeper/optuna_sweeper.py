@@ -20,135 +20,20 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # user attribute of trials whose process died mid-run
-BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-
-
-@dataclass
-class TPESettings:
-    n_startup_trials: int = MISSING
-    multivariate: bool = MISSING
-    constant_liar: bool = MISSING
-
-
-@dataclass
-class RandomSettings:
-    pass
-
-
-@dataclass
-class CmaEsSettings:
-    n_startup_trials: int = MISSING
-    sigma0: Optional[float] = MISSING
-    consider_pruned_trials: bool = MISSING
-
-
-@dataclass
-class QMCSettings:
-    qmc_type: str = MISSING
-    scramble: bool = MISSING
-
-
-@dataclass
-class NSGA2Settings:
-    population_size: int = MISSING
-    crossover_prob: float = MISSING
-    swapping_prob: float = MISSING
-
-
-@dataclass
-class SamplerSettings:
-    tpe: TPESettings = field(default_factory=TPESettings)
-    random: RandomSettings = field(default_factory=RandomSettings)
-    cmaes: CmaEsSettings = field(default_factory=CmaEsSettings)
-    qmc: QMCSettings = field(default_factory=QMCSettings)
-    nsga2: NSGA2Settings = field(default_factory=NSGA2Settings)
-
-
-@dataclass
-class NoPrunerSettings:
-    pass
-
-
-@dataclass
-class MedianSettings:
-    n_startup_trials: int = MISSING
-    n_warmup_steps: int = MISSING
-    interval_steps: int = MISSING
-
-
-@dataclass
-class SuccessiveHalvingSettings:
-    min_resource: int = MISSING
-    reduction_factor: int = MISSING
-    min_early_stopping_rate: int = MISSING
-
-
-@dataclass
-class HyperbandSettings:
-    min_resource: int = MISSING
-    max_resource: int = MISSING
-    reduction_factor: int = MISSING
-
-
-@dataclass
-class ThresholdSettings:
-    lower: Optional[float] = MISSING
-    upper: Optional[float] = MISSING
-    n_warmup_steps: int = MISSING
-
-
-@dataclass
-class PrunerSettings:
-    none: NoPrunerSettings = field(default_factory=NoPrunerSettings)
-    median: MedianSettings = field(default_factory=MedianSettings)
-    successive_halving: SuccessiveHalvingSettings = field(
-        default_factory=SuccessiveHalvingSettings)
-    hyperband: HyperbandSettings = field(default_factory=HyperbandSettings)
-    threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
-
-
-@dataclass
-class OptunaSweeperConf:
-    _target_: str = (
-        "hydra_plugins.cifar10_mlp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    )
-    study_name: str = MISSING
-    storage: str = MISSING
-    objectives: dict[str, str] = MISSING
-    n_trials: int = MISSING
-    n_jobs: int = MISSING
-    batched: bool = MISSING
-    seed: Optional[int] = MISSING
-    sampler: str = MISSING
-    samplers: SamplerSettings = field(default_factory=SamplerSettings)
-    pruner: str = MISSING
-    pruners: PrunerSettings = field(default_factory=PrunerSettings)
-    params: dict[str, str] = MISSING
-    trial: Optional[int] = MISSING
-
-
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna_schema",
-                             node=OptunaSweeperConf, provider="cifar10_mlp")
-
-
-class SearchSettingError(CompactHydraException):
-    """A sweeper setting that cannot work; Hydra prints the message alone."""
 
 
 class OptunaSweeper(Sweeper):
@@ -182,20 +67,21 @@ class OptunaSweeper(Sweeper):
 
         from cifar10_mlp import study as studies
 
-        self._check_settings()
+        studies.check_search(self.objectives, self.sampler, self.pruner, self.storage,
+                             self.n_jobs, self.launcher_target)
+        storage = studies.open_storage(self.storage, os.getcwd())
         parser = OverridesParser.create()
         searched = [*parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()]),
                     *(o for o in parser.parse_overrides(arguments) if o.is_sweep_override())]
         fixed = [o.input_line for o in parser.parse_overrides(arguments)
                  if not o.is_sweep_override()]
         space = {o.get_key_element(): distribution(o) for o in searched}
-        storage = studies.open_storage(self.storage, os.getcwd())
         study = optuna.create_study(
             study_name=self.study_name, storage=storage, load_if_exists=True,
             directions=list(self.objectives.values()),
             pruner=studies.build_pruner(self.pruner, self.pruner_settings[self.pruner]))
         if [d.name.lower() for d in study.directions] != list(self.objectives.values()):
-            raise SearchSettingError(
+            raise studies.StudyError(
                 f"study {self.study_name!r} in {self.storage} was created with "
                 f"{len(study.directions)} objective(s), not {self.objectives}: resume it with "
                 "its own objectives or choose another hydra.sweeper.study_name")
@@ -212,22 +98,6 @@ class OptunaSweeper(Sweeper):
         self._run_trials(study, space, fixed)
         self._log_outcome(study)
 
-    def _check_settings(self) -> None:
-        from cifar10_mlp.study import StudyError, check_search
-
-        try:
-            check_search(self.objectives, self.sampler, self.pruner)
-        except StudyError as err:
-            raise SearchSettingError(str(err)) from None
-        if self.n_jobs < 1:
-            raise SearchSettingError(f"hydra.sweeper.n_jobs={self.n_jobs} is not allowed: "
-                                     "expected an integer >= 1")
-        if self.n_jobs > 1 and self.launcher_target == BASIC_LAUNCHER:
-            raise SearchSettingError(
-                f"hydra.sweeper.n_jobs={self.n_jobs} is not allowed with Hydra's basic "
-                "launcher, which runs one job at a time in this process: choose "
-                "hydra/launcher=joblib, submitit_local, ray or slurm, or n_jobs=1")
-
     def _run_trials(self, study, space: dict[str, Any], fixed: list[str]) -> None:
         """Keep ``n_jobs`` trials running until ``n_trials`` count as done.
 
@@ -235,45 +105,49 @@ class OptunaSweeper(Sweeper):
         or short trial makes room at once. Batched, ``n_jobs`` trials are launched together
         (one job array on SLURM) and the next batch waits for all of them.
         """
-        pool = ThreadPoolExecutor(max_workers=self.n_jobs) if self.n_jobs > 1 else None
         running: dict[Future, list] = {}
-        try:
+        with ThreadPoolExecutor(max_workers=self.n_jobs) if self.n_jobs > 1 else nullcontext(
+                ) as pool:
             while True:
                 busy = sum(len(trials) for trials in running.values())
                 free = 0 if self.batched and running else self.n_jobs - busy
                 wanted = min(free, self.n_trials - counted_trials(study) - busy)
                 if wanted > 0:
                     trials = [study.ask(space) for _ in range(wanted)]
-                    groups = [trials] if self.batched else [[trial] for trial in trials]
-                    for group in groups:
-                        jobs = [self._job_overrides(trial, fixed) for trial in group]
-                        # job numbers are trial numbers, unique across resumed sessions
-                        start = group[0].number
-                        if pool is None:  # one at a time, in this thread: Ctrl-C reaches it
-                            future = Future()
-                            future.set_result(self.launcher.launch(jobs, initial_job_idx=start))
-                        else:
-                            future = pool.submit(self.launcher.launch, jobs,
-                                                 initial_job_idx=start)
-                        running[future] = group
+                    for group in [trials] if self.batched else [[trial] for trial in trials]:
+                        running[self._start(pool, group, fixed)] = group
                 if not running:
                     return
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    trials = running.pop(future)
-                    try:
-                        returns = future.result()
-                    except Exception as err:  # the launcher lost the jobs (e.g. submitit)
-                        log.error("trials %s: the launcher failed: %s",
-                                  ", ".join(str(t.number) for t in trials), err)
-                        returns = [None] * len(trials)
-                    for trial, ret in zip(trials, returns, strict=True):
-                        self._tell(study, trial, ret)
+                    self._tell_all(study, running.pop(future), future)
                 log.info("study %s: %d of %d trials done", self.study_name,
                          counted_trials(study), self.n_trials)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+
+    def _start(self, pool: Optional[ThreadPoolExecutor], trials: list, fixed: list[str]
+               ) -> Future:
+        """Launch the trials' jobs from a pool thread, or from this one when trials run one
+        at a time (so Ctrl-C reaches the job); job numbers are trial numbers, unique across
+        resumed sessions."""
+        jobs = [self._job_overrides(trial, fixed) for trial in trials]
+        if pool is not None:
+            return pool.submit(self.launcher.launch, jobs, initial_job_idx=trials[0].number)
+        future = Future()
+        try:
+            future.set_result(self.launcher.launch(jobs, initial_job_idx=trials[0].number))
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+    def _tell_all(self, study, trials: list, future: Future) -> None:
+        try:
+            returns = future.result()
+        except Exception as err:  # the launcher lost the jobs (e.g. submitit)
+            log.error("trials %s: the launcher failed: %s",
+                      ", ".join(str(t.number) for t in trials), err)
+            returns = [None] * len(trials)
+        for trial, ret in zip(trials, returns, strict=True):
+            self._tell(study, trial, ret)
 
     @staticmethod
     def _job_overrides(trial, fixed: list[str]) -> list[str]:
@@ -370,4 +244,4 @@ def as_override(value: Any) -> str:
     return str(value)
 
 
-__all__: Sequence[str] = ("OptunaSweeper", "OptunaSweeperConf")
+__all__: Sequence[str] = ("OptunaSweeper",)
