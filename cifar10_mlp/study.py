@@ -19,6 +19,7 @@ folder; on a cluster, put it on the shared filesystem the jobs already read data
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from cifar10_mlp.errors import UserError
+from cifar10_mlp.schema import ConfigError
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -49,7 +50,7 @@ SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
-class StudyError(UserError, CompactHydraException):
+class StudyError(ConfigError, CompactHydraException):
     """A search setting that cannot work; the message names the key and what is allowed
     (Hydra prints it alone, without a traceback)."""
 
@@ -135,6 +136,10 @@ def join_trial(sweeper_cfg: DictConfig, base_dir: str | Path) -> JobTrial | None
     number = sweeper_cfg.get("trial")
     if number is None or len(sweeper_cfg.objectives) > 1:
         return None
+    if not Path(base_dir, sweeper_cfg.storage).is_file():
+        raise StudyError(f"hydra.sweeper.storage={sweeper_cfg.storage}: no such study journal "
+                         f"as seen from this job (host {socket.gethostname()}, folder "
+                         f"{base_dir}); put it where every worker reaches the same file")
     storage = open_storage(sweeper_cfg.storage, base_dir)
     pruner = build_pruner(sweeper_cfg.pruner, OmegaConf.to_container(
         sweeper_cfg.pruners[sweeper_cfg.pruner], resolve=True))

@@ -18,7 +18,14 @@ from hydra.utils import instantiate
 from test_sweep import CLI, run, runs_of, sweep_overrides
 
 from cifar10_mlp.runner import RunSummary
-from cifar10_mlp.study import SAMPLERS, StudyError, build_sampler, check_search, open_storage
+from cifar10_mlp.study import (
+    SAMPLERS,
+    StudyError,
+    build_sampler,
+    check_search,
+    join_trial,
+    open_storage,
+)
 
 State = optuna.trial.TrialState
 # a threshold no validation accuracy reaches: every trial is pruned after its first epoch
@@ -314,8 +321,44 @@ def test_a_search_that_stops_early_leaves_its_parent_run_failed_not_running(tmp_
     done = run("cifar10-mlp", ["hparams_search=mlp_optuna", "tracking.experiment=tests",
                                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path)
     assert done.returncode != 0
-    assert "study 'mlp_optuna' in optuna.journal was created with 2 objective(s)" in done.stderr
+    assert ("study 'mlp_optuna' in optuna.journal was created to maximize and minimize, which "
+            "does not fit hydra.sweeper.objectives=") in done.stderr
     client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
     assert not children
     assert parent.info.status == "FAILED"
     assert parent.data.tags["error"].startswith("the sweep stopped before it ended")
+
+
+def sweeper_settings(tmp_path, *overrides):
+    return compose_config(["hparams_search=mlp_optuna",
+                           f"hydra.sweeper.storage={tmp_path / 'optuna.journal'}", *overrides],
+                          with_hydra=True).hydra.sweeper
+
+
+def test_a_job_joins_its_trial_by_number_and_stops_when_its_pruner_says_so(tmp_path):
+    study = optuna.create_study(study_name="mlp_optuna",
+                                storage=open_storage("optuna.journal", tmp_path))
+    first, second = study.ask(), study.ask()
+    job = join_trial(sweeper_settings(tmp_path, f"hydra.sweeper.trial={second.number}",
+                                      *ALWAYS_PRUNE), tmp_path)
+    assert job.number == second.number
+    assert job.report(1, 0.42) is True  # below the threshold: pruned
+    reported = load_study(tmp_path).trials
+    assert reported[second.number].intermediate_values == {1: 0.42}
+    assert reported[first.number].intermediate_values == {}
+    never = join_trial(sweeper_settings(tmp_path, f"hydra.sweeper.trial={first.number}"),
+                       tmp_path)
+    assert never.report(1, 0.1) is False  # pruner none
+
+
+def test_a_job_that_cannot_reach_the_study_says_where_it_looked(tmp_path):
+    settings = sweeper_settings(tmp_path, "hydra.sweeper.trial=0",
+                                "hydra.sweeper.storage=elsewhere/optuna.journal")
+    with pytest.raises(StudyError, match="hydra.sweeper.storage=elsewhere/optuna.journal: no "
+                                         "such study journal as seen from this job"):
+        join_trial(settings, tmp_path)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_no_trial_to_join_outside_an_optuna_search(tmp_path):
+    assert join_trial(sweeper_settings(tmp_path), tmp_path) is None  # trial: null

@@ -80,11 +80,13 @@ class OptunaSweeper(Sweeper):
             study_name=self.study_name, storage=storage, load_if_exists=True,
             directions=list(self.objectives.values()),
             pruner=studies.build_pruner(self.pruner, self.pruner_settings[self.pruner]))
-        if [d.name.lower() for d in study.directions] != list(self.objectives.values()):
+        directions = [d.name.lower() for d in study.directions]
+        if directions != list(self.objectives.values()):
             raise studies.StudyError(
-                f"study {self.study_name!r} in {self.storage} was created with "
-                f"{len(study.directions)} objective(s), not {self.objectives}: resume it with "
-                "its own objectives or choose another hydra.sweeper.study_name")
+                f"study {self.study_name!r} in {self.storage} was created to "
+                f"{' and '.join(directions)}, which does not fit hydra.sweeper.objectives="
+                f"{self.objectives}: resume it with its own objectives or choose another "
+                "hydra.sweeper.study_name")
         # offset by the trials already stored, so a resumed search draws new values
         # instead of replaying the first session's random sequence
         study.sampler = studies.build_sampler(
@@ -106,8 +108,8 @@ class OptunaSweeper(Sweeper):
         (one job array on SLURM) and the next batch waits for all of them.
         """
         running: dict[Future, list] = {}
-        with ThreadPoolExecutor(max_workers=self.n_jobs) if self.n_jobs > 1 else nullcontext(
-                ) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.n_jobs) if self.n_jobs > 1 else None
+        with pool or nullcontext():
             while True:
                 busy = sum(len(trials) for trials in running.values())
                 free = 0 if self.batched and running else self.n_jobs - busy
