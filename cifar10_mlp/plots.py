@@ -125,7 +125,8 @@ def pareto_front(rows: list[dict[str, object]], objectives: dict[str, str]) -> F
     (rows marked ``pareto``) highlighted, joined and labelled with run names."""
     x_metric, y_metric = list(objectives)[:2]
     runs = [row for row in rows if row["status"] == "FINISHED"
-            and isinstance(row.get(x_metric), float) and isinstance(row.get(y_metric), float)]
+            and isinstance(row.get(x_metric), int | float)
+            and isinstance(row.get(y_metric), int | float)]
     front = sorted((row for row in runs if row.get("pareto") == "yes"), key=lambda r: r[x_metric])
     fig = Figure(figsize=(6.5, 4.8), layout="constrained")
     ax = fig.subplots()

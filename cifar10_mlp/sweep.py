@@ -55,7 +55,8 @@ class SweepTracker(Callback):
             run_name=f"sweep {study}" if study else "sweep",
             tags=tags,
             params=swept,
-            resume_key=f"{sweeper.storage}#{study}" if study else None,
+            # the study's own identity: its journal file and name
+            resume_key=f"{Path(sweeper.storage).resolve()}#{study}" if study else None,
         )
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         log.info("sweep parent MLflow run %s", self.parent_run_id)

@@ -73,3 +73,43 @@ def test_values_are_written_back_as_override_text():
 def test_a_non_sweep_value_is_refused():
     with pytest.raises(ValueError, match="use choice"):
         parse("optimizer.lr=0.1")
+
+
+def scored(name, val, params, status="FINISHED", pruned_epoch=None):
+    return ChildRun(name, name, status, {"optimizer.lr": "0.1"},
+                    {"selected_val_accuracy": val, "trainable_params": params}, 5.0, None,
+                    pruned_epoch)
+
+
+def test_pruned_runs_are_counted_apart_and_never_the_best():
+    runs = [scored("a", 0.5, 10), scored("b", 0.9, 10, pruned_epoch=1), RUNS[1]]
+    built = report.build(runs)
+    assert (built.n_finished, built.n_pruned, built.n_failed) == (1, 1, 1)
+    assert built.best.name == "a"  # b scored higher, but after one epoch and was cut there
+    assert [row["status"] for row in built.rows] == ["FINISHED", "PRUNED", "FAILED"]
+    assert report.summary_line(built).startswith("1 finished, 1 pruned, 1 failed; best a")
+
+
+def test_the_pareto_front_holds_the_runs_no_other_beats_on_both_objectives():
+    objectives = {"selected_val_accuracy": "maximize", "trainable_params": "minimize"}
+    runs = [scored("small", 0.5, 10), scored("big", 0.7, 100), scored("worse", 0.4, 50),
+            scored("same_as_small", 0.5, 10), scored("cut", 0.9, 1, pruned_epoch=1)]
+    built = report.build(runs, objectives)
+    assert {run.name for run in built.pareto} == {"small", "big", "same_as_small"}
+    marked = {row["run"] for row in built.rows if row["pareto"] == "yes"}
+    assert marked == {"small", "big", "same_as_small"}  # pruned runs are not candidates
+    assert "trainable_params" in built.columns and "pareto" in built.columns
+    fig = plots.pareto_front(built.rows, objectives)
+    (ax,) = fig.axes
+    front_line = next(line for line in ax.lines if line.get_label() == "Pareto front")
+    assert list(front_line.get_xdata()) == [0.5, 0.5, 0.7]
+
+
+def test_the_scatter_shows_pruned_runs_apart():
+    built = report.build([scored("a", 0.5, 10), scored("b", 0.3, 10, pruned_epoch=2)])
+    built_rows = [{**row, "optimizer.lr": lr} for row, lr in zip(built.rows, ("0.1", "0.01"),
+                                                                  strict=True)]
+    fig = plots.hyperparameter_scatter(built_rows, ["optimizer.lr"], "selected_val_accuracy")
+    (ax,) = fig.axes
+    assert [c.get_label() for c in ax.collections] == ["finished", "pruned"]
+    assert [len(c.get_offsets()) for c in ax.collections] == [1, 1]
