@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What pruning (or a launch setting) saves: the same Optuna search run once per variant.
 
-    python scripts/search_benchmark.py     # mlp_asha with pruner=none, then with hyperband
+    python scripts/search_benchmark.py     # mlp_asha with pruner=none, then as it is
     python scripts/search_benchmark.py --trials 12 --common data.train_limit=5000 \\
         trainer.epochs=12 hydra/launcher=joblib hydra.sweeper.n_jobs=2 \\
         --variants batched=hydra.sweeper.batched=true async=hydra.sweeper.batched=false
@@ -71,7 +71,7 @@ def main() -> None:
                         default=["data.train_limit=10000", "trainer.epochs=12"],
                         help="overrides every variant gets")
     parser.add_argument("--variants", nargs="*",
-                        default=["none=hydra.sweeper.pruner=none", "hyperband="],
+                        default=["none=hydra.sweeper.pruner=none", "pruned="],
                         help="NAME=OVERRIDES (space-separated overrides within one argument)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep each variant's folder here (default: a temporary folder)")
