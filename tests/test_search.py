@@ -9,6 +9,8 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import pytest
@@ -51,17 +53,54 @@ def finished_trials(folder):
         return []
 
 
+PRUNED_BY_THRESHOLD = ["trainer.epochs=3", "tracking.log_model=true", *ALWAYS_PRUNE]
+# the end-to-end searches of this module: (trials, overrides); independent, so run side by side
+SEARCHES = {
+    "pruned": (2, PRUNED_BY_THRESHOLD),
+    "pruned_joblib": (2, [*PRUNED_BY_THRESHOLD, "hydra/launcher=joblib",
+                          "hydra.sweeper.n_jobs=2"]),
+    "random": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=random"]),
+    "cmaes": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=cmaes"]),
+    "qmc": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=qmc"]),
+    # two objectives: NSGA-II, accuracy against size
+    "pareto": (4, ["trainer.epochs=1", "hparams_search=mlp_pareto",
+                   "hydra.sweeper.samplers.nsga2.population_size=2"]),
+}
+
+
+@dataclass(frozen=True)
+class Search:
+    folder: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def searches(tiny_cifar, tmp_path_factory) -> dict[str, Search]:
+    """Every search of SEARCHES, each in a folder of its own, all started at once: most of a
+    tiny search is single-threaded start-up, which two cores overlap."""
+    started = {}
+    for name, (n_trials, extra) in SEARCHES.items():
+        folder = tmp_path_factory.mktemp(name)
+        started[name] = folder, subprocess.Popen(
+            [str(CLI / "cifar10-mlp"), *search_args(tiny_cifar, folder, n_trials, *extra)],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = {}
+    for name, (folder, process) in started.items():
+        stdout, stderr = process.communicate(timeout=600)
+        done[name] = Search(folder, process.returncode, stdout, stderr)
+    return done
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]],
-                         ids=["basic", "joblib"])
-def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(
-        tiny_cifar, tmp_path, launcher):
-    done = run("cifar10-mlp", [*search_args(tiny_cifar, tmp_path, 2, "trainer.epochs=3"),
-                               *ALWAYS_PRUNE, *launcher], tmp_path)
+@pytest.mark.parametrize("name", ["pruned", "pruned_joblib"])
+def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(searches, name):
+    done = searches[name]
     assert done.returncode == 0, done.stderr[-3000:]
-    trials = load_study(tmp_path).trials
+    trials = load_study(done.folder).trials
     assert [t.state for t in trials] == [State.PRUNED, State.PRUNED]
-    client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    client, (parent,), children = runs_of(f"sqlite:///{done.folder / 'mlflow.db'}", "tests")
     by_name = {c.info.run_name: c for c in children}
     assert len(by_name) == 2
     for trial in trials:
@@ -76,14 +115,14 @@ def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(
         assert pruned.data.metrics["epochs_trained"] == 1
         assert {a.path for a in client.list_artifacts(pruned.info.run_id, "plots")} == {
             "plots/learning_curves.png"}
-        assert not client.list_artifacts(pruned.info.run_id, "model")
+        assert not client.list_artifacts(pruned.info.run_id, "model")  # though log_model=true
     parent = client.get_run(parent.info.run_id)
     assert (parent.data.metrics["n_finished"], parent.data.metrics["n_pruned"],
             parent.data.metrics["n_failed"]) == (0, 2, 0)
     assert "best_run_id" not in parent.data.tags  # a pruned run is never the best
     assert "0 finished, 2 pruned, 0 failed" in done.stdout
     assert sum("| PRUNED |" in line for line in done.stdout.splitlines()) == 2
-    if launcher:  # two trials at once, each in a worker process of its own
+    if name == "pruned_joblib":  # two trials at once, each in a worker process of its own
         assert len({c.data.tags["pid"] for c in children}) == 2
 
 
@@ -122,47 +161,24 @@ def test_a_killed_search_resumes_and_counts_pruned_trials_as_done(tiny_cifar, tm
     assert len({c.info.run_name for c in children}) == len(children)  # job N = trial N
 
 
-SAMPLER_SEARCHES = {
-    "random": ["hydra.sweeper.sampler=random"],
-    "cmaes": ["hydra.sweeper.sampler=cmaes"],
-    "qmc": ["hydra.sweeper.sampler=qmc"],
-    # two objectives: NSGA-II, accuracy against size
-    "pareto": ["hparams_search=mlp_pareto", "hydra.sweeper.n_trials=4",
-               "hydra.sweeper.samplers.nsga2.population_size=2"],
-}
-
-
-@pytest.fixture(scope="module")
-def sampler_searches(tiny_cifar, tmp_path_factory):
-    """One small search per sampler, run side by side: they share nothing."""
-    started = {}
-    for name, extra in SAMPLER_SEARCHES.items():
-        folder = tmp_path_factory.mktemp(name)
-        args = [*search_args(tiny_cifar, folder, 2, "trainer.epochs=1"), *extra]
-        started[name] = folder, subprocess.Popen(
-            [str(CLI / "cifar10-mlp"), *args], cwd=folder, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-    return {name: (folder, process, *process.communicate(timeout=600))
-            for name, (folder, process) in started.items()}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "qmc"])
-def test_each_sampler_runs_the_trials_of_a_search(sampler_searches, sampler):
-    folder, process, stdout, stderr = sampler_searches[sampler]
-    assert process.returncode == 0, stderr[-3000:]
-    assert f"({sampler} sampler, none pruner)" in stdout  # Hydra's log
-    trials = load_study(folder).trials
+def test_each_sampler_runs_the_trials_of_a_search(searches, sampler):
+    done = searches[sampler]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"({sampler} sampler, none pruner)" in done.stdout  # Hydra's log
+    trials = load_study(done.folder).trials
     assert [t.state for t in trials] == [State.COMPLETE, State.COMPLETE]
-    _, _, children = runs_of(f"sqlite:///{folder / 'mlflow.db'}", "tests")
+    _, _, children = runs_of(f"sqlite:///{done.folder / 'mlflow.db'}", "tests")
     values = {c.info.run_id: c.data.metrics["selected_val_accuracy"] for c in children}
     assert {t.user_attrs["mlflow_run_id"]: t.value for t in trials} == values
 
 
 @pytest.mark.slow
-def test_a_multi_objective_search_reports_its_pareto_front(sampler_searches):
-    folder, process, stdout, stderr = sampler_searches["pareto"]
-    assert process.returncode == 0, stderr[-3000:]
+def test_a_multi_objective_search_reports_its_pareto_front(searches):
+    done = searches["pareto"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = done.folder
     study = load_study(folder, "mlp_pareto")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert len(study.trials) == 4 and all(t.state == State.COMPLETE for t in study.trials)
@@ -179,7 +195,7 @@ def test_a_multi_objective_search_reports_its_pareto_front(sampler_searches):
     header = rows[0].split(",")
     marked = {row.split(",")[0] for row in rows[1:] if row.split(",")[header.index("pareto")]}
     assert marked == front and front
-    assert "Pareto front of selected_val_accuracy and trainable_params: " in stdout
+    assert "Pareto front of selected_val_accuracy and trainable_params: " in done.stdout
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/pareto_front.png" in report
 
