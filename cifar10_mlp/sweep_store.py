@@ -18,7 +18,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from cifar10_mlp.tracking import MAX_TAG_LENGTH, PRUNED_TAG, git_tags, record_failed_run
+from cifar10_mlp.tracking import (
+    MAX_TAG_LENGTH,
+    PRUNED_TAG,
+    git_tags,
+    open_experiment,
+    record_failed_run,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
     it is reopened instead, so a resumed search keeps one parent.
     """
     client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, experiment)
+    experiment_id = open_experiment(uri, experiment)
     if resume_key is not None:
         earlier = client.search_runs([experiment_id],
                                      filter_string=f"tags.sweep_resume_key = '{resume_key}'",
@@ -152,8 +158,3 @@ def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: st
         return
     client.set_tag(opened[0].info.run_id, "error", f"JobLost: {lost}"[:MAX_TAG_LENGTH])
     client.set_terminated(opened[0].info.run_id, status="FAILED")
-
-
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)

@@ -8,6 +8,7 @@ A run whose body raises ends FAILED with the error as a tag and a traceback file
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -147,11 +148,12 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     config and data are logged already.
     """
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    mlflow.set_experiment(experiment or cfg.tracking.experiment)
+    experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
     tags = {"overrides": " ".join(overrides) or "(defaults)", **git_tags(),
             "host": socket.gethostname(), "pid": str(os.getpid()),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
-    with mlflow.start_run(run_id=resume_run_id, run_name=cfg.tracking.run_name, tags=tags,
+    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,
+                          run_name=cfg.tracking.run_name, tags=tags,
                           parent_run_id=parent_run_id) as active:
         if resume_run_id is None:
             with uninterrupted():
@@ -171,13 +173,41 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
             raise
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive use of a SQLite store's first-use steps across processes.
+
+    MLflow creates a new store's schema in several migration steps; two processes doing so
+    at once fail ('duplicate column name'), and two creating one experiment collide. A
+    tracking server serialises these itself.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(absolute_uri(uri)[len("sqlite:///"):])
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
+    """The id of experiment ``name``, the store and the experiment created on first use,
+    under the store's lock (None when it does not exist and ``create`` is false)."""
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(name) if create else None
+
+
 def find_interrupted(cfg: DictConfig) -> str:
     """The latest KILLED run of ``cfg.tracking.experiment``, which ``trainer.resume`` continues."""
     client = MlflowClient(cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'KILLED'",
+    experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment, create=False)
+    runs = client.search_runs([experiment_id], "attributes.status = 'KILLED'",
                               order_by=["attributes.start_time DESC"], max_results=1
-                              ) if experiment else []
+                              ) if experiment_id else []
     if not runs:
         raise TrackingStoreError(f"trainer.resume=true: no interrupted (KILLED) run in "
                                  f"experiment {cfg.tracking.experiment!r} of {cfg.tracking.uri}")

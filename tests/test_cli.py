@@ -221,3 +221,22 @@ def test_sigterm_interrupts_the_run_and_then_the_worker_handler_is_back():
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_interrupts():
         signal.raise_signal(signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_three_runs_started_at_once_on_a_fresh_store_all_finish(tiny_cifar, tmp_path):
+    overrides = [o for o in tiny_overrides(tiny_cifar, tmp_path)
+                 if not o.startswith("trainer.epochs")] + ["trainer.epochs=1",
+                                                            "tracking.log_model=false"]
+    assert not (tmp_path / "mlflow.db").exists()
+    runs = [subprocess.Popen([CLI, *overrides, f"seed={seed}"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed in (1, 2, 3)]
+    for process in runs:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tests"]
+    finished = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["seed"] for r in finished) == ["1", "2", "3"]
+    assert {r.info.status for r in finished} == {"FINISHED"}
