@@ -1,21 +1,39 @@
 """Typed schemas for every config group, registered with Hydra's ConfigStore.
 
-The YAML files under ``conf/`` hold the values; these dataclasses hold the types
-and the allowed keys, so a typo or a wrong type fails when the config is
-composed, before any data is read or TensorFlow is imported. Fields without a
-default must be given by the YAML, which keeps the YAML the single source of
-truth. Checks that types cannot express live in :func:`validate`.
+The YAML files under ``conf/`` hold the values; these dataclasses hold the types, the
+allowed keys and, for every key, the values it allows (``allowed(rule)``). A typo or a
+wrong type fails when the config is composed; a value outside what its key allows fails
+in :func:`validate`, before any data is read or TensorFlow is imported. Fields have no
+defaults here: the YAML gives every value, which keeps it the single source of truth.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from cifar10_mlp.errors import UserError
+from cifar10_mlp.allowed import (
+    ConfigError,
+    Flag,
+    Items,
+    OneOf,
+    Range,
+    allowed,
+    at_least,
+    check_node,
+    fraction,
+    one_of,
+    positive,
+    refuse,
+    text,
+)
+
+__all__ = ["ConfigError", "validate", "register_configs", "CIFAR10_CLASSES"]
+log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -31,124 +49,137 @@ CIFAR10_CLASSES = (
 )
 
 
-class ConfigError(UserError, ValueError):
-    """A config value that is not allowed; the message names key, value and what is allowed."""
+PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+SCHEDULE_NAMES = ("constant", "cosine", "step")
+ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
+INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal")
+# what a run logs per epoch on the validation split, and which way is better
+VALIDATION_METRICS = {"val_accuracy": "max", "val_loss": "min"}
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "file:")
 
 
 @dataclass
 class DataConfig:
-    path: str | None = MISSING
-    cache_dir: str | None = MISSING
-    val_size: float = MISSING
-    classes: list[str] | None = MISSING
-    train_limit: int | None = MISSING
+    path: str | None = allowed(text(nullable=True))
+    cache_dir: str | None = allowed(text(nullable=True))
+    val_size: float = allowed(Range("a fraction strictly between 0 and 1", low=0, high=1,
+                                    low_open=True, high_open=True))
+    classes: list[str] | None = allowed(Items(
+        "at least two distinct class names", nullable=True, min_items=2, distinct=True,
+        name_item=True,
+        item=OneOf(f"CIFAR-10 class names: {', '.join(CIFAR10_CLASSES)}",
+                   choices=CIFAR10_CLASSES)))
+    train_limit: int | None = allowed(at_least(2, nullable=True))
 
 
 @dataclass
 class PreprocessConfig:
-    name: str = MISSING
+    name: str = allowed(one_of(PREPROCESS_NAMES))
 
 
 @dataclass
 class ZCAConfig(PreprocessConfig):
-    epsilon: float = MISSING
+    epsilon: float = allowed(positive())
 
 
 @dataclass
 class AugmentConfig:
-    horizontal_flip: bool = MISSING
-    translate: float = MISSING
+    horizontal_flip: bool = allowed(Flag("true or false"))
+    translate: float = allowed(Range("a fraction of the image size in [0, 0.5)", low=0,
+                                     high=0.5, high_open=True))
 
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = MISSING
-    activation: str = MISSING
-    dropout: float = MISSING
-    batch_norm: bool = MISSING
-    weight_decay: float = MISSING
-    initializer: str = MISSING
+    hidden: list[int] = allowed(Items("a non-empty list of positive integers",
+                                      item=at_least(1)))
+    activation: str = allowed(one_of(ACTIVATIONS))
+    dropout: float = allowed(fraction())
+    batch_norm: bool = allowed(Flag("true or false"))
+    weight_decay: float = allowed(Range(">= 0", low=0))
+    initializer: str = allowed(one_of(INITIALIZERS))
 
 
 @dataclass
 class SGDConfig:
-    name: str = MISSING
-    lr: float = MISSING
-    momentum: float = MISSING
-    nesterov: bool = MISSING
+    name: str = allowed(one_of(OPTIMIZER_NAMES))
+    lr: float = allowed(positive())
+    momentum: float = allowed(fraction())
+    nesterov: bool = allowed(Flag("true or false"))
 
 
 @dataclass
 class AdamConfig:
-    name: str = MISSING
-    lr: float = MISSING
-    beta_1: float = MISSING
-    beta_2: float = MISSING
-    epsilon: float = MISSING
+    name: str = allowed(one_of(OPTIMIZER_NAMES))
+    lr: float = allowed(positive())
+    beta_1: float = allowed(fraction())
+    beta_2: float = allowed(fraction())
+    epsilon: float = allowed(positive())
 
 
 @dataclass
 class AdamWConfig(AdamConfig):
-    weight_decay: float = MISSING
+    weight_decay: float = allowed(Range(">= 0", low=0))
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = MISSING
-    warmup_epochs: int = MISSING
+    name: str = allowed(one_of(SCHEDULE_NAMES))
+    warmup_epochs: int = allowed(at_least(0))
 
 
 @dataclass
 class CosineScheduleConfig(ScheduleConfig):
-    final_lr_fraction: float = MISSING
+    final_lr_fraction: float = allowed(fraction(high_open=False))
 
 
 @dataclass
 class StepScheduleConfig(ScheduleConfig):
-    step_epochs: int = MISSING
-    gamma: float = MISSING
+    step_epochs: int = allowed(at_least(1))
+    gamma: float = allowed(fraction(low_open=True, high_open=False))
 
 
 @dataclass
 class EarlyStoppingConfig:
-    monitor: str = MISSING
-    mode: str = MISSING
-    patience: int | None = MISSING
+    monitor: str = allowed(one_of(VALIDATION_METRICS))
+    mode: str = allowed(one_of(("min", "max")))
+    patience: int | None = allowed(at_least(1, nullable=True))
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = MISSING
-    batch_size: int = MISSING
-    label_smoothing: float = MISSING
+    epochs: int = allowed(at_least(1))
+    batch_size: int = allowed(at_least(1))
+    label_smoothing: float = allowed(fraction())
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    jit_compile: bool = MISSING
-    threads: int | None = MISSING
-    checkpoint_dir: str = MISSING
-    resume: bool = MISSING
-    verbose: int = MISSING
+    jit_compile: bool = allowed(Flag("true or false"))
+    threads: int | None = allowed(at_least(1, nullable=True))
+    checkpoint_dir: str = allowed(text())
+    resume: bool = allowed(Flag("true or false"))
+    verbose: int = allowed(one_of((0, 1, 2)))
 
 
 @dataclass
 class EvaluationConfig:
-    misclassified_grid: int = MISSING
+    misclassified_grid: int = allowed(at_least(1))
 
 
 @dataclass
 class EdaConfig:
-    samples_per_class: int = MISSING
-    projection_samples: int = MISSING
-    tsne_samples: int = MISSING
-    experiment: str = MISSING
-    out_dir: str = MISSING
+    samples_per_class: int = allowed(at_least(1))
+    projection_samples: int = allowed(at_least(2))
+    tsne_samples: int = allowed(at_least(0))
+    experiment: str = allowed(text())
+    out_dir: str = allowed(text())
 
 
 @dataclass
 class TrackingConfig:
-    uri: str = MISSING
-    experiment: str = MISSING
-    run_name: str | None = MISSING
-    log_model: bool = MISSING
+    uri: str = allowed(text(prefixes=TRACKING_SCHEMES))
+    experiment: str = allowed(text())
+    run_name: str | None = allowed(text(nullable=True))
+    log_model: bool = allowed(Flag("true or false"))
 
 
 @dataclass
@@ -163,7 +194,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     tracking: TrackingConfig = MISSING
     eda: EdaConfig = MISSING
-    seed: int = MISSING
+    seed: int = allowed(Range("an integer in [0, 2**32 - 1]", low=0, high=2**32 - 1))
 
 
 def register_configs() -> None:
@@ -187,56 +218,17 @@ def register_configs() -> None:
     cs.store(group="eda", name="eda_schema", node=EdaConfig)
 
 
-PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca")
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-SCHEDULE_NAMES = ("constant", "cosine", "step")
-ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
-INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal")
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
-
-
 def validate(cfg: DictConfig) -> None:
-    """Check the values that types alone cannot; raise ConfigError naming the first bad key."""
-    _require(0 < cfg.data.val_size < 1, "data.val_size", cfg.data.val_size,
-             "a fraction strictly between 0 and 1")
-    if cfg.data.classes is not None:
-        for name in cfg.data.classes:
-            _require(name in CIFAR10_CLASSES, "data.classes", name,
-                     f"CIFAR-10 class names: {', '.join(CIFAR10_CLASSES)}")
-        _require(len(set(cfg.data.classes)) >= 2, "data.classes", list(cfg.data.classes),
-                 "at least two distinct class names")
-    if cfg.data.train_limit is not None:
-        _require(cfg.data.train_limit >= 2, "data.train_limit", cfg.data.train_limit,
-                 "null or an integer >= 2")
-    _require(cfg.preprocess.name in PREPROCESS_NAMES, "preprocess.name", cfg.preprocess.name,
-             f"one of {', '.join(PREPROCESS_NAMES)}")
-    _require(0 <= cfg.augment.translate < 0.5, "augment.translate", cfg.augment.translate,
-             "a fraction of the image size in [0, 0.5)")
-    _require(len(cfg.model.hidden) >= 1 and all(w >= 1 for w in cfg.model.hidden),
-             "model.hidden", list(cfg.model.hidden), "a non-empty list of positive integers")
-    _require(cfg.model.activation in ACTIVATIONS, "model.activation", cfg.model.activation,
-             f"one of {', '.join(ACTIVATIONS)}")
-    _require(cfg.model.initializer in INITIALIZERS, "model.initializer", cfg.model.initializer,
-             f"one of {', '.join(INITIALIZERS)}")
-    _require(0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "a value in [0, 1)")
-    _require(cfg.model.weight_decay >= 0, "model.weight_decay", cfg.model.weight_decay, ">= 0")
-    _require(cfg.optimizer.name in OPTIMIZER_NAMES, "optimizer.name", cfg.optimizer.name,
-             f"one of {', '.join(OPTIMIZER_NAMES)}")
-    _require(cfg.optimizer.lr > 0, "optimizer.lr", cfg.optimizer.lr, "a number > 0")
-    _require(cfg.schedule.name in SCHEDULE_NAMES, "schedule.name", cfg.schedule.name,
-             f"one of {', '.join(SCHEDULE_NAMES)}")
-    _require(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs",
-             cfg.schedule.warmup_epochs, "an integer >= 0")
-    _require(cfg.trainer.epochs >= 1, "trainer.epochs", cfg.trainer.epochs, "an integer >= 1")
-    _require(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size,
-             "an integer >= 1")
-    _require(cfg.trainer.threads is None or cfg.trainer.threads >= 1, "trainer.threads",
-             cfg.trainer.threads, "null or an integer >= 1")
-    _require(0 <= cfg.trainer.label_smoothing < 1, "trainer.label_smoothing",
-             cfg.trainer.label_smoothing, "a value in [0, 1)")
-    _require(cfg.trainer.early_stopping.mode in ("min", "max"), "trainer.early_stopping.mode",
-             cfg.trainer.early_stopping.mode, "min or max")
+    """Check every key against what its schema allows, then the rules between keys; raise
+    ConfigError naming the first bad key (warnings say what an odd combination does)."""
+    check_node(cfg)
+    stopping = cfg.trainer.early_stopping
+    if stopping.mode != VALIDATION_METRICS[stopping.monitor]:
+        raise refuse("trainer.early_stopping.mode", stopping.mode,
+                     f"{VALIDATION_METRICS[stopping.monitor]} for "
+                     f"trainer.early_stopping.monitor={stopping.monitor}")
+    if cfg.schedule.warmup_epochs >= cfg.trainer.epochs:
+        log.warning("schedule.warmup_epochs=%d is not shorter than trainer.epochs=%d: the "
+                    "learning rate rises for the whole run and never reaches optimizer.lr=%g, "
+                    "and the %s schedule never starts", cfg.schedule.warmup_epochs,
+                    cfg.trainer.epochs, cfg.optimizer.lr, cfg.schedule.name)

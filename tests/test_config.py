@@ -1,9 +1,13 @@
+import sys
+from dataclasses import is_dataclass
 from pathlib import Path
 
 import pytest
 from conftest import CONFIG_DIR, compose_config
 from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
 
+from cifar10_mlp.allowed import Flag, rules_of
 from cifar10_mlp.schema import ConfigError, validate
 
 GROUP_OPTIONS = sorted(
@@ -84,3 +88,87 @@ def test_validate_names_key_value_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as err:
         validate(compose_config([override]))
     assert message in str(err.value)
+
+
+# group options that bring keys the default composition lacks
+VARIANTS = [[], ["optimizer=sgd"], ["optimizer=adam"], ["preprocess=zca"], ["schedule=step"],
+            ["schedule=constant"], ["augment=flip_translate"]]
+
+
+def leaves(node, prefix=""):
+    """(dotted key, rule) of every leaf of a composed config node, by its schema's rules."""
+    rules = rules_of(OmegaConf.get_type(node)) if is_dataclass(OmegaConf.get_type(node)) else {}
+    for key in node:
+        if isinstance(node[key], DictConfig):
+            yield from leaves(node[key], f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", rules.get(key)
+
+
+def as_override_text(value):
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(as_override_text(v) for v in value) + "]"
+    return str(value)
+
+
+def bad_leaves():
+    """Each key with a value its rule refuses, under the first variant that has the key
+    (true/false keys have no such value: composing refuses anything else)."""
+    found = {}
+    for variant in VARIANTS:
+        for key, rule in leaves(compose_config(variant)):
+            if key not in found and rule is not None and not isinstance(rule, Flag):
+                found[key] = (key, as_override_text(rule.bad_value), tuple(variant))
+    return sorted(found.values())
+
+
+BAD_LEAVES = bad_leaves()
+
+
+def test_every_leaf_of_every_composition_declares_what_it_allows():
+    undeclared = {key for variant in VARIANTS for key, rule in leaves(compose_config(variant))
+                  if rule is None}
+    assert not undeclared
+    walked = {key for key, _, _ in BAD_LEAVES}  # the walk reaches into every variant
+    assert {"optimizer.momentum", "optimizer.beta_2", "preprocess.epsilon", "schedule.gamma",
+            "schedule.final_lr_fraction", "trainer.early_stopping.monitor", "seed",
+            "tracking.uri", "eda.tsne_samples"} <= walked
+
+
+@pytest.mark.parametrize("key, bad, variant", BAD_LEAVES, ids=[k for k, _, _ in BAD_LEAVES])
+def test_every_key_refuses_a_bad_value_in_one_line_before_any_work(key, bad, variant, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The real entry point, in this process: exit 1 with `cifar10-mlp: error: <key>=...`."""
+    from cifar10_mlp import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cifar10-mlp", *variant, f"{key}={bad}",
+                                      "hydra.output_subdir=null", "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.train()
+    message = str(stopped.value.code)
+    assert message.startswith(f"cifar10-mlp: error: {key}=") and "\n" not in message
+    assert " is not allowed: expected " in message
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was opened or written
+
+
+def test_a_warm_up_as_long_as_training_is_allowed_but_says_what_happens(caplog):
+    validate(compose_config(["trainer.epochs=2", "schedule.warmup_epochs=2"]))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("schedule.warmup_epochs=2 is not shorter than trainer.epochs=2: "
+                              "the learning rate rises for the whole run")
+    caplog.clear()
+    validate(compose_config(["debug=fast"]))  # a one-epoch smoke run has no warm-up
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_the_early_stopping_direction_must_fit_its_metric():
+    with pytest.raises(ConfigError, match="trainer.early_stopping.mode='max' is not allowed: "
+                                          "expected min for trainer.early_stopping.monitor="
+                                          "val_loss"):
+        validate(compose_config(["trainer.early_stopping.monitor=val_loss"]))
+    validate(compose_config(["trainer.early_stopping.monitor=val_loss",
+                             "trainer.early_stopping.mode=min"]))
