@@ -12,6 +12,7 @@ import html
 import io
 import json
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,8 +125,9 @@ def explore(cfg, overrides: Sequence[str] = ()) -> tuple[str, Path]:
 
     Returns the MLflow run id and the HTML page's path.
     """
-    from cifar10_mlp import data, plots, tracking
+    from cifar10_mlp import data, plots, runtime, tracking
 
+    runtime.start(cfg.trainer.threads or os.cpu_count() or 1)
     split = data.load(cfg.data, cfg.seed)
     log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
     prep = preprocess.fit(cfg.preprocess, split.x_train)

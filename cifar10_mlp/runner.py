@@ -42,9 +42,11 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
 
     tracking.check_store(cfg.tracking.uri)  # before TensorFlow, any data or any training
     resume_run_id = tracking.find_interrupted(cfg) if cfg.trainer.resume else None
+    from cifar10_mlp import runtime
+
+    runtime.start(cfg.trainer.threads)
     from cifar10_mlp import data, evaluate, model, plots, preprocess, train
 
-    train.limit_threads(cfg.trainer.threads)
     seconds: dict[str, float] = {}
     with stopwatch(seconds, "data"):
         split = data.load(cfg.data, cfg.seed)

@@ -198,24 +198,20 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schemas; group YAML files extend them through their defaults lists."""
+    """Register the schemas. Each group's YAML options extend theirs through their defaults
+    lists (``- /zca_schema@_here_``); stored outside the groups, so that ``--help`` lists
+    only the options a user can choose."""
     cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="preprocess", name="preprocess_schema", node=PreprocessConfig)
-    cs.store(group="preprocess", name="zca_schema", node=ZCAConfig)
-    cs.store(group="augment", name="augment_schema", node=AugmentConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
-    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
-    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
-    cs.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
-    cs.store(group="schedule", name="cosine_schema", node=CosineScheduleConfig)
-    cs.store(group="schedule", name="step_schema", node=StepScheduleConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="evaluation", name="evaluation_schema", node=EvaluationConfig)
-    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
-    cs.store(group="eda", name="eda_schema", node=EdaConfig)
+    for name, schema in (("config_schema", Config), ("data_schema", DataConfig),
+                         ("preprocess_schema", PreprocessConfig), ("zca_schema", ZCAConfig),
+                         ("augment_schema", AugmentConfig), ("model_schema", ModelConfig),
+                         ("sgd_schema", SGDConfig), ("adam_schema", AdamConfig),
+                         ("adamw_schema", AdamWConfig), ("schedule_schema", ScheduleConfig),
+                         ("cosine_schema", CosineScheduleConfig),
+                         ("step_schema", StepScheduleConfig), ("trainer_schema", TrainerConfig),
+                         ("evaluation_schema", EvaluationConfig),
+                         ("tracking_schema", TrackingConfig), ("eda_schema", EdaConfig)):
+        cs.store(name=name, node=schema)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -93,21 +93,6 @@ class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite; the run cannot recover."""
 
 
-def limit_threads(threads: int) -> None:
-    """Use ``threads`` cores for TensorFlow's op pools; a no-op once TensorFlow has started.
-
-    A worker process that runs several sweep jobs gets the same count each time, so
-    only the first call matters.
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    except RuntimeError:  # TensorFlow already initialised in this process
-        pass
-
-
 class Checkpointer(keras.callbacks.Callback):
     """After every epoch, saves what an interrupted run needs to go on from there.
 

@@ -51,6 +51,8 @@ def test_one_run_logs_everything_and_the_model_loads(tiny_cifar, tmp_path):
     done = run_cli(overrides, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test accuracy" in done.stdout and "macro F1" in done.stdout
+    # TensorFlow's native start-up chatter is not shown (no GPU is not an error)
+    assert "absl::InitializeLog" not in done.stderr and "cuInit" not in done.stderr
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in done.stdout
 
@@ -251,3 +253,14 @@ def test_three_runs_started_at_once_on_a_fresh_store_all_finish(tiny_cifar, tmp_
     finished = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.params["seed"] for r in finished) == ["1", "2", "3"]
     assert {r.info.status for r in finished} == {"FINISHED"}
+
+
+def test_help_names_the_tool_shows_common_commands_and_only_real_options(tmp_path):
+    done = run_cli(["--help"], tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.startswith("cifar10-mlp: train an MLP on CIFAR-10")
+    assert "powered by Hydra" not in done.stdout and "_schema" not in done.stdout
+    assert "Usage: cifar10-mlp [-m] [group=option ...] [key=value ...]" in done.stdout
+    assert "hparams_search=mlp_asha" in done.stdout and "trainer.resume=true" in done.stdout
+    assert "\noptimizer: adam, adamw, sgd\n" in done.stdout
+    assert "\n  val_size: 0.1\n" in done.stdout  # the config, every key overridable
