@@ -14,8 +14,11 @@ from pathlib import Path
 
 # TensorFlow's C++ start-up chatter hides the run's own output; set before it is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow's progress bars for artifact downloads would interleave with the sweep's table
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import hydra  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -25,8 +28,11 @@ from cifar10_mlp.data import DataError  # noqa: E402
 from cifar10_mlp.errors import UserError  # noqa: E402
 from cifar10_mlp.launch import (  # noqa: E402
     PARENT_RUN_ENV,
+    earlier_run,
     fill_launch_settings,
+    job_overrides,
     search_trial,
+    sweep_stopping,
 )
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -35,25 +41,49 @@ schema.register_configs()
 log = logging.getLogger(__name__)
 
 
+def main() -> None:
+    """`cifar10-mlp`: :func:`train`, where Ctrl-C or SIGTERM stops a sweep as a whole: its
+    jobs and parent run end KILLED and one line says how to continue."""
+    with sigterm_interrupts():
+        try:
+            train()
+        except KeyboardInterrupt as stop:
+            from cifar10_mlp.sweep import stop_open_sweep
+
+            reason = str(stop) or "Ctrl-C"
+            sys.exit(stop_open_sweep(reason) or f"cifar10-mlp: stopped by {reason}")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def train(cfg: DictConfig) -> runner.RunSummary | float:
-    """`cifar10-mlp`: train, evaluate and log one run; returns its summary (metrics a
-    sweeper optimises).
+    """Train, evaluate and log one run; returns its summary (metrics a sweeper optimises).
 
     In a sweep (-m) a failing job is recorded as a FAILED child run and returns NaN,
     so the other jobs go on and the sweep's summary counts it. A job of an Optuna search
-    reports to its trial every epoch and may be pruned.
+    reports to its trial every epoch and may be pruned. In a sweep continued with
+    ``sweep.resume=true`` a job that finished earlier is not run again, and one that was
+    interrupted continues its own run.
     """
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = job_overrides(hydra_cfg.overrides.task)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
     fill_launch_settings(cfg, hydra_cfg, sweeping)
     try:
         with sigterm_interrupts():
+            if sweeping and sweep_stopping(cfg, parent_run_id):
+                log.info("the sweep is being stopped: this job does not start")
+                return math.nan
+            earlier = (earlier_run(cfg, parent_run_id, overrides)
+                       if sweeping and cfg.sweep.resume else None)
+            if earlier is not None and earlier.status != "KILLED":
+                return reused(earlier, cfg.tracking.uri)
             trial = search_trial(hydra_cfg) if sweeping else None
-            summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None)
+            summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None,
+                                 resume_run_id=earlier.run_id if earlier else None)
     except KeyboardInterrupt:
+        if sweeping:  # the sweep stops as a whole (main)
+            raise
         sys.exit("cifar10-mlp: interrupted; the MLflow run is marked KILLED with the metrics "
                  "logged so far")
     except Exception as err:
@@ -77,6 +107,16 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
           f"MLflow run {summary.run_id}\n"
           f"see it {where_to_look(summary.tracking_uri)}")
     return summary
+
+
+def reused(earlier, tracking_uri: str) -> runner.RunSummary | float:
+    """What a job that ended in an earlier session of its sweep returns again: its run's
+    summary, or NaN for a job that failed (it would fail again)."""
+    log.info("this job ended %s in run %s before the sweep was interrupted; not run again",
+             earlier.status, earlier.run_id)
+    if earlier.status != "FINISHED":
+        return math.nan
+    return runner.RunSummary(earlier.run_id, tracking_uri, earlier.metrics, earlier.pruned_epoch)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -117,16 +157,25 @@ def _interrupt(signum, frame) -> None:
 
 def report() -> None:
     """`cifar10-mlp-report`: compare the runs of a sweep (a parent run id or experiment name)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        tracking = compose(config_name="config").tracking  # the defaults of conf/tracking
     parser = argparse.ArgumentParser(prog="cifar10-mlp-report", description=report.__doc__)
     parser.add_argument("sweep", help="parent run id, or an experiment name (its latest sweep)")
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--tracking-uri", default=tracking.uri)
     parser.add_argument("--out", type=Path, default=Path("sweep_report"),
                         help="folder for runs.csv, runs.md and the best confusion matrix")
+    parser.add_argument("--lost-after-minutes", type=float, default=tracking.lost_after_minutes,
+                        help="a RUNNING job silent this long (or whose process on this host "
+                             "is gone) is ended KILLED: process lost")
     args = parser.parse_args()
+    from cifar10_mlp import report as tables
     from cifar10_mlp import sweep, sweep_store
 
     parent = sweep_store.find_sweep(args.tracking_uri, args.sweep)
     if parent is None:
         sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
                  f"{args.tracking_uri}")
-    sweep.report_sweep(args.tracking_uri, parent, args.out)
+    outcome = sweep.report_sweep(args.tracking_uri, parent, args.out,
+                                 args.lost_after_minutes * 60)
+    print(f"\nSweep {parent}: {tables.summary_line(outcome)}\n{tables.to_markdown(outcome)}\n"
+          f"report: {args.out}\n")

@@ -12,12 +12,19 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-if TYPE_CHECKING:  # Optuna is imported only by jobs of an Optuna search
+if TYPE_CHECKING:  # Optuna and MLflow are imported only by the jobs that need them
     from cifar10_mlp.study import JobTrial
+    from cifar10_mlp.sweep_store import ChildRun
 
 # how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
 # not MLFLOW_RUN_ID, which MLflow would take as a run to resume
 PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
+
+
+def job_overrides(overrides) -> list[str]:
+    """A job's own overrides, which identify it within its sweep: instructions about how to
+    launch it (``sweep.resume=...``) left out."""
+    return [o for o in overrides if not o.startswith("sweep.resume=")]
 
 
 def fill_launch_settings(cfg: DictConfig, hydra_cfg: DictConfig, sweeping: bool) -> None:
@@ -53,3 +60,22 @@ def search_trial(hydra_cfg: DictConfig) -> JobTrial | None:
     from cifar10_mlp.study import join_trial
 
     return join_trial(hydra_cfg.sweeper, hydra_cfg.runtime.cwd)
+
+
+def earlier_run(cfg: DictConfig, parent_run_id: str, overrides: list[str]) -> ChildRun | None:
+    """In a sweep continued with ``sweep.resume=true``: this job's run from before, if any
+    (a run left RUNNING by a lost process is ended KILLED first, to be continued)."""
+    from cifar10_mlp.sweep_store import earlier_job
+
+    return earlier_job(cfg.tracking.uri, parent_run_id, " ".join(overrides) or "(defaults)",
+                       cfg.tracking.lost_after_minutes * 60)
+
+
+def sweep_stopping(cfg: DictConfig, parent_run_id: str | None) -> bool:
+    """Whether this job's sweep is being stopped (Ctrl-C, SIGTERM): then it does not start,
+    though its launcher still hands it out (Ray runs queued tasks as workers free up)."""
+    if parent_run_id is None:
+        return False
+    from cifar10_mlp.sweep_store import stopping
+
+    return stopping(cfg.tracking.uri, parent_run_id)

@@ -11,8 +11,10 @@ from cifar10_mlp.sweep_store import ChildRun
 
 SELECTION_METRIC = "selected_val_accuracy"  # validation only: the test set never picks a run
 METRIC_COLUMNS = (SELECTION_METRIC, "test_accuracy", "test_f1_macro", "epochs_trained")
-IGNORED_PARAMS = ("split.", "tracking.run_name")  # derived or bookkeeping, not chosen
+# derived or bookkeeping, not chosen
+IGNORED_PARAMS = ("split.", "tracking.run_name", "sweep.resume", "trainer.resume")
 PRUNED = "PRUNED"  # shown as the status of a FINISHED run that a pruner stopped
+NOT_STARTED = "NOT STARTED"  # a planned job of a stopped sweep that never ran
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,9 @@ class SweepReport:
     pareto: list[ChildRun]  # with several objectives: the finished runs no other run beats
     n_finished: int  # FINISHED and not pruned
     n_pruned: int
-    n_failed: int  # FAILED; KILLED runs (of an interrupted, resumed search) are listed only
+    n_failed: int  # FAILED; KILLED runs (of an interrupted sweep) are listed only
+    n_interrupted: int = 0  # KILLED
+    n_not_started: int = 0  # planned jobs (of a grid) without a run
 
     @property
     def columns(self) -> list[str]:
@@ -39,9 +43,11 @@ def status(run: ChildRun) -> str:
     return PRUNED if run.pruned_epoch is not None else run.status
 
 
-def build(children: list[ChildRun], objectives: dict[str, str] | None = None) -> SweepReport:
+def build(children: list[ChildRun], objectives: dict[str, str] | None = None,
+          planned: list[list[str]] | None = None) -> SweepReport:
     """Tabulate the runs of one sweep, pick the best by validation accuracy (never a pruned
-    run) and, for several objectives, mark the Pareto front."""
+    run) and, for several objectives, mark the Pareto front. ``planned``: a grid's jobs
+    (their overrides), so the ones without a run are listed as not started."""
     objectives = dict(objectives or {SELECTION_METRIC: "maximize"})
     keys = sorted({k for run in children for k in run.params
                    if not k.startswith(IGNORED_PARAMS)})
@@ -61,9 +67,17 @@ def build(children: list[ChildRun], objectives: dict[str, str] | None = None) ->
              "seconds": round(run.seconds) if run.seconds is not None else "",
              "error": run.error or ""}
             for run in ranked]
+    started = {run.overrides for run in children}
+    waiting = [(number, dict(o.split("=", 1) for o in job))
+               for number, job in enumerate(planned or []) if " ".join(job) not in started]
+    rows += [{**dict.fromkeys(rows[0] if rows else ["run", "status"], ""),
+              "run": f"job {number}", "status": NOT_STARTED,
+              **{k: values[k] for k in swept if k in values}}
+             for number, values in waiting]
     return SweepReport(swept, objectives, rows, finished[0] if finished else None, front,
                        len(finished), sum(status(run) == PRUNED for run in children),
-                       sum(run.status == "FAILED" for run in children))
+                       sum(run.status == "FAILED" for run in children),
+                       sum(run.status == "KILLED" for run in children), len(waiting))
 
 
 def pareto_front(runs: list[ChildRun], objectives: dict[str, str]) -> list[ChildRun]:
@@ -106,5 +120,7 @@ def summary_line(report: SweepReport) -> str:
             if report.best else "")
     front = (f"; Pareto front of {' and '.join(report.objectives)}: "
              f"{', '.join(run.name for run in report.pareto)}" if report.pareto else "")
+    unfinished = "".join(f", {n} {what}" for n, what in (
+        (report.n_interrupted, "interrupted"), (report.n_not_started, "not started")) if n)
     return (f"{report.n_finished} finished, {report.n_pruned} pruned, {report.n_failed} failed"
-            f"{best}{front}")
+            f"{unfinished}{best}{front}")

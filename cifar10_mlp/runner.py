@@ -30,18 +30,22 @@ class RunSummary:
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None,
-        report_to_trial: Callable[[int, float], bool] | None = None) -> RunSummary:
+        report_to_trial: Callable[[int, float], bool] | None = None,
+        resume_run_id: str | None = None) -> RunSummary:
     """Train and evaluate the model ``cfg`` describes, logging everything to MLflow.
 
     ``parent_run_id`` files the run under a sweep's parent run. ``report_to_trial`` gets
     each epoch's number and validation accuracy, and returns True to stop (a search trial
     pruned there): the run then ends without test evaluation, tagged ``pruned``.
+    ``resume_run_id`` continues that interrupted run from its checkpoint, as
+    ``trainer.resume=true`` does with the experiment's latest one.
     """
     schema.validate(cfg)  # fail fast, before TensorFlow is imported
-    from cifar10_mlp import tracking
+    from cifar10_mlp import store, tracking
 
-    tracking.check_store(cfg.tracking.uri)  # before TensorFlow, any data or any training
-    resume_run_id = tracking.find_interrupted(cfg) if cfg.trainer.resume else None
+    store.check_store(cfg.tracking.uri)  # before TensorFlow, any data or any training
+    if resume_run_id is None and cfg.trainer.resume:
+        resume_run_id = store.find_interrupted(cfg)
     from cifar10_mlp import runtime
 
     runtime.start(cfg.trainer.threads)

@@ -180,6 +180,12 @@ class TrackingConfig:
     experiment: str = allowed(text())
     run_name: str | None = allowed(text(nullable=True))
     log_model: bool = allowed(Flag("true or false"))
+    lost_after_minutes: float = allowed(positive())
+
+
+@dataclass
+class SweepConfig:
+    resume: bool = allowed(Flag("true or false"))
 
 
 @dataclass
@@ -194,6 +200,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     tracking: TrackingConfig = MISSING
     eda: EdaConfig = MISSING
+    sweep: SweepConfig = MISSING
     seed: int = allowed(Range("an integer in [0, 2**32 - 1]", low=0, high=2**32 - 1))
 
 

@@ -3,24 +3,40 @@
 The parent (with the SQLite store and experiment) is created in the launching process
 before any job starts; jobs find its id in ``launch.PARENT_RUN_ENV``, which every
 launcher's workers inherit, and open their runs as its children.
+
+A sweep stopped by Ctrl-C or SIGTERM ends through :func:`stop_open_sweep`, which the entry
+point calls: its jobs end KILLED (those that did not see the signal get SIGTERM), the
+parent ends KILLED with a partial report, and one line says how to continue it. A grid
+sweep continues with ``sweep.resume=true``; an Optuna search, by running it again.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import itertools
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar10_mlp.launch import PARENT_RUN_ENV, fill_launch_settings
+from cifar10_mlp.errors import UserError
+from cifar10_mlp.launch import PARENT_RUN_ENV, fill_launch_settings, job_overrides
 
 log = logging.getLogger(__name__)
+_open_sweep: SweepTracker | None = None  # the sweep this process is running, if any
+
+
+class SweepError(UserError, CompactHydraException):
+    """A sweep that cannot start as asked (Hydra prints the message alone)."""
 
 
 class SweepTracker(Callback):
@@ -28,15 +44,19 @@ class SweepTracker(Callback):
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
+        self.config: DictConfig | None = None
+        self.planned: list[list[str]] | None = None  # a grid's jobs, in Hydra's order
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _open_sweep
         # imported here, not at the top: Hydra builds callbacks for every run, and a
         # single run must not import MLflow and TensorFlow before its config is checked
         from cifar10_mlp import sweep_store
 
         sweeper = config.hydra.sweeper
-        swept = {f"sweep.{key}": value for key, value in
-                 (o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)}
+        arguments = job_overrides(config.hydra.overrides.task)
+        swept = {f"sweep.{key}": value for key, value in (o.split("=", 1) for o in arguments
+                                                          if "=" in o)}
         swept |= {f"sweep.{key}": str(value)
                   for key, value in (sweeper.get("params") or {}).items()}
         study = sweeper.get("study_name")
@@ -49,20 +69,35 @@ class SweepTracker(Callback):
                          sweeper.n_jobs, config.hydra.launcher._target_)
             tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
                      "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner}
-        self.parent_run_id = sweep_store.open_sweep(
-            config.tracking.uri,
-            config.tracking.experiment,
-            run_name=f"sweep {study}" if study else "sweep",
-            tags=tags,
-            params=swept,
             # the study's own identity: its journal file and name
-            resume_key=f"{Path(sweeper.storage).resolve()}#{study}" if study else None,
-        )
+            key = f"{Path(sweeper.storage).resolve()}#{study}"
+        else:
+            self.planned = grid_jobs(dict(sweeper.get("params") or {}), arguments)
+            key = "grid:" + hashlib.sha1(json.dumps(sorted(map(" ".join, self.planned))).encode()
+                                         ).hexdigest()[:16]
+        uri, lost_after = config.tracking.uri, config.tracking.lost_after_minutes * 60
+        earlier = (sweep_store.latest_sweep(uri, config.tracking.experiment, key)
+                   if study or config.sweep.resume else None)
+        if config.sweep.resume and not study and (earlier is None or earlier[1] == "FINISHED"):
+            raise SweepError(
+                f"sweep.resume=true: no interrupted sweep of these jobs in experiment "
+                f"{config.tracking.experiment!r} of {uri}"
+                + (f" (the latest, run {earlier[0]}, finished)" if earlier else ""))
+        if earlier is not None:
+            self.parent_run_id = earlier[0]
+            sweep_store.reopen_sweep(uri, self.parent_run_id, lost_after)
+            log.info("continuing the sweep of parent MLflow run %s", self.parent_run_id)
+        else:
+            self.parent_run_id = sweep_store.open_sweep(
+                uri, config.tracking.experiment, run_name=f"sweep {study}" if study else "sweep",
+                tags=tags, params=swept, resume_key=key)
+            log.info("sweep parent MLflow run %s", self.parent_run_id)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        log.info("sweep parent MLflow run %s", self.parent_run_id)
+        self.config = config
+        _open_sweep = self
         # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
         # that raises would leave the parent RUNNING for ever
-        atexit.register(self._end_unfinished, config.tracking.uri, self.parent_run_id)
+        atexit.register(self._end_unfinished, uri, self.parent_run_id)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns
@@ -74,22 +109,58 @@ class SweepTracker(Callback):
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         fill_launch_settings(job_cfg, config.hydra, sweeping=True)
         # the job's own overrides, as its run records them (not the sweeper's hydra.* ones)
-        overrides = [o for o in job_return.overrides if not o.startswith(("hydra.", "hydra/"))]
+        overrides = [o for o in job_overrides(job_return.overrides)
+                     if not o.startswith(("hydra.", "hydra/"))]
         sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id,
                                     job_return._return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
             return
+        from cifar10_mlp import report
+
         outcome = report_sweep(config.tracking.uri, self.parent_run_id,
-                               Path(config.hydra.sweep.dir))
-        atexit.unregister(self._end_unfinished)
-        os.environ.pop(PARENT_RUN_ENV, None)
+                               Path(config.hydra.sweep.dir),
+                               config.tracking.lost_after_minutes * 60, self.planned,
+                               end_as="FINISHED")
+        self._close()
+        print(f"\nSweep {self.parent_run_id}: {report.summary_line(outcome)}\n"
+              f"{report.to_markdown(outcome)}\nreport: {config.hydra.sweep.dir}\n")
         if outcome.n_failed:
             total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
             sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "
                      "report above and their runs' `error` tags")
 
+    def stop(self, reason: str) -> str:
+        """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
+        partial report; the one line to print (what stopped, how to continue)."""
+        from cifar10_mlp import sweep_store
+
+        config = self.config
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits for this
+            signal.signal(signum, signal.SIG_IGN)
+        sweep_store.stop_children(config.tracking.uri, self.parent_run_id, reason)
+        outcome = report_sweep(config.tracking.uri, self.parent_run_id,
+                               Path(config.hydra.sweep.dir),
+                               config.tracking.lost_after_minutes * 60, self.planned,
+                               end_as="KILLED", stopped_by=reason)
+        self._close()
+        if self.planned is None:
+            n_trials = config.hydra.sweeper.n_trials
+            done = outcome.n_finished + outcome.n_pruned + outcome.n_failed
+            return (f"cifar10-mlp: search stopped by {reason}: {done} of {n_trials} trials done, "
+                    f"{outcome.n_interrupted} interrupted (KILLED); run the same command again "
+                    "to continue the study")
+        return (f"cifar10-mlp: sweep stopped by {reason}: {outcome.n_finished} of "
+                f"{len(self.planned)} jobs finished, {outcome.n_interrupted} interrupted "
+                f"(KILLED, checkpoints kept), {outcome.n_not_started} not started; run the same "
+                "command with sweep.resume=true to continue it")
+
+    def _close(self) -> None:
+        global _open_sweep
+        atexit.unregister(self._end_unfinished)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        _open_sweep = None
 
     @staticmethod
     def _end_unfinished(uri: str, parent_run_id: str) -> None:
@@ -101,19 +172,45 @@ class SweepTracker(Callback):
             log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
 
 
-def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
-    """Build the comparison report of a sweep, write it to ``out_dir``, log it to the parent;
-    return the :class:`report.SweepReport`."""
+def stop_open_sweep(reason: str) -> str | None:
+    """End the sweep this process runs, if any, after Ctrl-C or SIGTERM (``reason``);
+    the line to print."""
+    return _open_sweep.stop(reason) if _open_sweep is not None else None
+
+
+def grid_jobs(params: dict[str, str], arguments: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of its ``params`` and the command's overrides,
+    in its order (job N is the N-th): one per combination of the swept values."""
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(
+            [*(f"{k}={v}" for k, v in params.items()), *arguments]):
+        key = override.get_key_element()
+        values[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()]
+                       if override.is_sweep_override()
+                       else [f"{key}={override.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*values.values())]
+
+
+def report_sweep(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
+                 planned: list[list[str]] | None = None, end_as: str | None = None,
+                 stopped_by: str | None = None):
+    """Build the comparison report of a sweep, write it to ``out_dir`` and log it to the
+    parent, which then ends ``end_as`` (FINISHED; KILLED when ``stopped_by`` a signal;
+    None leaves its status); return the :class:`report.SweepReport`. Jobs left RUNNING by a
+    lost process end KILLED first."""
     from cifar10_mlp import plots, report, sweep_store
 
+    sweep_store.end_lost_children(uri, parent_run_id, lost_after_s)
     objectives = sweep_store.parent_tags(uri, parent_run_id).get("sweep_objectives")
     outcome = report.build(sweep_store.sweep_children(uri, parent_run_id),
-                           json.loads(objectives) if objectives else None)
+                           json.loads(objectives) if objectives else None, planned)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [report.write_csv(outcome, out_dir / "runs.csv")]
     (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
     files.append(out_dir / "runs.md")
     tags = {"sweep_summary": report.summary_line(outcome)}
+    if stopped_by:
+        tags["error"] = f"stopped by {stopped_by}"
     metrics = {"n_finished": outcome.n_finished, "n_pruned": outcome.n_pruned,
                "n_failed": outcome.n_failed}
     if outcome.best is not None:
@@ -128,7 +225,5 @@ def report_sweep(uri: str, parent_run_id: str, out_dir: Path):
         outcome.rows, outcome.swept, report.SELECTION_METRIC)}
     if len(outcome.objectives) > 1:
         figures["pareto_front.png"] = plots.pareto_front(outcome.rows, outcome.objectives)
-    sweep_store.close_sweep(uri, parent_run_id, tags, metrics, files, figures)
-    print(f"\nSweep {parent_run_id}: {report.summary_line(outcome)}\n"
-          f"{report.to_markdown(outcome)}\nreport: {out_dir}\n")
+    sweep_store.close_sweep(uri, parent_run_id, tags, metrics, files, figures, end_as)
     return outcome

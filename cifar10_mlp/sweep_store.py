@@ -7,6 +7,10 @@ children, and recording jobs that their launcher lost. One run's own logging is
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,17 +18,17 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from cifar10_mlp.tracking import (
-    MAX_TAG_LENGTH,
-    PRUNED_TAG,
-    git_tags,
-    open_experiment,
-    record_failed_run,
-)
+from cifar10_mlp.store import alive, end_lost, open_experiment, process_lost
+from cifar10_mlp.tracking import MAX_TAG_LENGTH, PRUNED_TAG, git_tags, record_failed_run
+
+# tag of a parent run: what its sweep runs (its Optuna study, or its grid of jobs)
+RESUME_KEY_TAG = "sweep_resume_key"
+# tag of a parent run while a signal stops its sweep: jobs do not start then
+STOPPING_TAG = "sweep_stopping"
 
 
 @dataclass(frozen=True)
@@ -39,34 +43,103 @@ class ChildRun:
     seconds: float | None
     error: str | None
     pruned_epoch: int | None = None  # FINISHED early: a pruner stopped it after this epoch
+    overrides: str = ""  # the job's own overrides, which identify it within its sweep
 
 
 def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
-               params: dict[str, str], resume_key: str | None = None) -> str:
+               params: dict[str, str], resume_key: str) -> str:
     """Create the sweep's parent run, and the store and experiment with it; return its id.
 
     Called once, before any job starts, so parallel jobs never race to create the
-    SQLite schema or the experiment. With ``resume_key``, a parent already tagged with
-    it is reopened instead, so a resumed search keeps one parent.
+    SQLite schema or the experiment. ``resume_key`` (what the sweep runs: its study, or
+    its grid) lets a later command find it again to continue it.
     """
     client = MlflowClient(uri)
-    experiment_id = open_experiment(uri, experiment)
-    if resume_key is not None:
-        earlier = client.search_runs([experiment_id],
-                                     filter_string=f"tags.sweep_resume_key = '{resume_key}'",
-                                     max_results=1)
-        if earlier:
-            parent_id = earlier[0].info.run_id
-            client.update_run(parent_id, status="RUNNING")
-            for child in sweep_children(uri, parent_id):  # jobs of the interrupted search
-                if child.status == "RUNNING":
-                    client.set_terminated(child.run_id, status="KILLED")
-            return parent_id
-        tags = {**tags, "sweep_resume_key": resume_key}
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={**tags, **git_tags(), "sweep": "parent"})
+    run = client.create_run(open_experiment(uri, experiment), run_name=run_name,
+                            tags={**tags, **git_tags(), "sweep": "parent",
+                                  RESUME_KEY_TAG: resume_key})
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return run.info.run_id
+
+
+def latest_sweep(uri: str, experiment: str, resume_key: str) -> tuple[str, str] | None:
+    """The id and status of the latest parent run with this resume key, if any."""
+    client = MlflowClient(uri)
+    experiment_id = open_experiment(uri, experiment)
+    found = client.search_runs([experiment_id], f"tags.{RESUME_KEY_TAG} = '{resume_key}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return (found[0].info.run_id, found[0].info.status) if found else None
+
+
+def reopen_sweep(uri: str, parent_run_id: str, lost_after_s: float) -> None:
+    """Set an earlier sweep's parent RUNNING again; its jobs whose process is gone end
+    KILLED (``error: process lost``), so the resumed jobs can continue them."""
+    client = MlflowClient(uri)
+    client.update_run(parent_run_id, status="RUNNING")
+    for stale in ("error", STOPPING_TAG):
+        if stale in client.get_run(parent_run_id).data.tags:
+            client.delete_tag(parent_run_id, stale)
+    end_lost_children(uri, parent_run_id, lost_after_s)
+
+
+def end_lost_children(uri: str, parent_run_id: str, lost_after_s: float) -> None:
+    """End the sweep's RUNNING children whose process is gone as KILLED."""
+    client = MlflowClient(uri)
+    for run in _running_children(client, parent_run_id):
+        if process_lost(run, lost_after_s):
+            end_lost(client, run.info.run_id)
+
+
+def earlier_job(uri: str, parent_run_id: str, overrides: str, lost_after_s: float
+                ) -> ChildRun | None:
+    """The latest run of the job with these overrides in this sweep (a resumed sweep's job
+    continues it); one left RUNNING by a lost process is ended KILLED first."""
+    end_lost_children(uri, parent_run_id, lost_after_s)
+    same = [run for run in sweep_children(uri, parent_run_id) if run.overrides == overrides]
+    return same[-1] if same else None
+
+
+def stop_children(uri: str, parent_run_id: str, reason: str, settle_s: float = 3.0,
+                  grace_s: float = 30.0) -> None:
+    """End every RUNNING child of a stopped sweep as KILLED, each with its epochs so far.
+
+    The parent is tagged ``sweep_stopping`` first, so a job that a launcher starts now ends
+    at once. Jobs that got the signal themselves end their own runs; one whose process is
+    gone (a pool that killed its workers) is ended here at once. A job still running on this
+    host ``settle_s`` after it was first seen gets SIGTERM, which ends a job as Ctrl-C does,
+    and ``grace_s`` more; a run still RUNNING after that is ended here.
+    """
+    client = MlflowClient(uri)
+    client.set_tag(parent_run_id, STOPPING_TAG, reason)
+    first_seen: dict[str, float] = {}
+    signalled: set[str] = set()
+    while running := _running_children(client, parent_run_id):
+        now = time.monotonic()
+        for run in running:
+            run_id, tags = run.info.run_id, run.data.tags
+            waited = now - first_seen.setdefault(run_id, now)
+            pid = int(tags["pid"]) if tags.get("host") == socket.gethostname() else None
+            if waited > settle_s + grace_s or (pid is not None and (
+                    pid == os.getpid() or not alive(pid))):
+                client.set_tag(run_id, "error", "interrupted")
+                client.set_terminated(run_id, status="KILLED")
+            elif pid is not None and waited > settle_s and run_id not in signalled:
+                signalled.add(run_id)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+
+
+def stopping(uri: str, parent_run_id: str) -> bool:
+    """Whether the sweep is being stopped (a job about to start should not)."""
+    return STOPPING_TAG in MlflowClient(uri).get_run(parent_run_id).data.tags
+
+
+def _running_children(client: MlflowClient, parent_run_id: str) -> list[Run]:
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                              "and attributes.status = 'RUNNING'")
 
 
 def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:
@@ -99,14 +172,16 @@ def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
                      dict(run.data.metrics),
                      (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time
                      else None, run.data.tags.get("error"),
-                     int(run.data.tags[PRUNED_TAG]) if PRUNED_TAG in run.data.tags else None)
+                     int(run.data.tags[PRUNED_TAG]) if PRUNED_TAG in run.data.tags else None,
+                     run.data.tags.get("overrides", ""))
             for run in runs]
 
 
 def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
-                metrics: dict[str, float], files: Sequence[Path], figures: dict[str, Figure]
-                ) -> None:
-    """Record the sweep's outcome and report under ``report/`` of its parent, end it FINISHED."""
+                metrics: dict[str, float], files: Sequence[Path], figures: dict[str, Figure],
+                status: str | None) -> None:
+    """Record the sweep's outcome and report under ``report/`` of its parent and end it
+    with ``status`` (FINISHED; KILLED for a sweep that was stopped; None: as it is)."""
     client = MlflowClient(uri)
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
@@ -115,7 +190,8 @@ def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
         client.log_artifact(parent_run_id, str(path), artifact_path="report")
     for name, figure in figures.items():
         client.log_figure(parent_run_id, figure, f"report/{name}")
-    client.set_terminated(parent_run_id, status="FINISHED")
+    if status is not None:
+        client.set_terminated(parent_run_id, status=status)
 
 
 def end_unfinished(uri: str, parent_run_id: str) -> None:

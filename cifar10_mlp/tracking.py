@@ -1,4 +1,5 @@
-"""MLflow tracking of one run (with ``sweep_store.py``, the only modules that import mlflow).
+"""MLflow tracking of one run (with ``store.py`` and ``sweep_store.py``, the only modules that
+import mlflow).
 
 ``start_run`` opens a run and records what the run depends on (config, data,
 code version); the returned :class:`TrackedRun` records what it produced.
@@ -8,16 +9,14 @@ A run whose body raises ends FAILED with the error as a tag and a traceback file
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 import traceback
-import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,13 +28,14 @@ import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp.data import DataSplit
-from cifar10_mlp.errors import UserError
 from cifar10_mlp.evaluate import Evaluation
+from cifar10_mlp.store import HEARTBEAT_TAG, absolute_uri, open_experiment
 
 if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks run before it
     import keras
@@ -79,8 +79,12 @@ class TrackedRun:
 
     @uninterrupted()
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
-        """One epoch's metrics (loss, accuracy, val_*, lr) at step = epoch number."""
-        mlflow.log_metrics(metrics, step=step, run_id=self.run_id)
+        """One epoch's metrics (loss, accuracy, val_*, lr) at step = epoch number, and the
+        run's heartbeat, in one write."""
+        now = time.time()
+        MlflowClient().log_batch(
+            self.run_id, metrics=[Metric(k, v, int(now * 1000), step) for k, v in metrics.items()],
+            tags=[RunTag(HEARTBEAT_TAG, str(round(now)))])
 
     @uninterrupted()
     def log_test(self, evaluation: Evaluation) -> None:
@@ -151,67 +155,30 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
     tags = {"overrides": " ".join(overrides) or "(defaults)", **git_tags(),
             "host": socket.gethostname(), "pid": str(os.getpid()),
+            HEARTBEAT_TAG: str(round(time.time())),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
     with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,
                           run_name=cfg.tracking.run_name, tags=tags,
                           parent_run_id=parent_run_id) as active:
-        if resume_run_id is None:
-            with uninterrupted():
+        with uninterrupted():
+            if resume_run_id is None:
                 mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
                 mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
                 if split is not None:
                     _log_split(split)
+            elif "error" in active.data.tags:  # it goes on: no longer interrupted
+                MlflowClient().delete_tag(active.info.run_id, "error")
         try:
             yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri))
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
-            mlflow.set_tag("error", "interrupted")
-            mlflow.end_run(status="KILLED")
+            with uninterrupted():  # a second signal waits until the run is marked
+                mlflow.set_tag("error", "interrupted")
+                mlflow.end_run(status="KILLED")
             raise
         except BaseException as err:
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Exclusive use of a SQLite store's first-use steps across processes.
-
-    MLflow creates a new store's schema in several migration steps; two processes doing so
-    at once fail ('duplicate column name'), and two creating one experiment collide. A
-    tracking server serialises these itself.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(absolute_uri(uri)[len("sqlite:///"):])
-    with open(path.with_name(f"{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        yield
-
-
-def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
-    """The id of experiment ``name``, the store and the experiment created on first use,
-    under the store's lock (None when it does not exist and ``create`` is false)."""
-    with store_lock(uri):
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(name) if create else None
-
-
-def find_interrupted(cfg: DictConfig) -> str:
-    """The latest KILLED run of ``cfg.tracking.experiment``, which ``trainer.resume`` continues."""
-    client = MlflowClient(cfg.tracking.uri)
-    experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment, create=False)
-    runs = client.search_runs([experiment_id], "attributes.status = 'KILLED'",
-                              order_by=["attributes.start_time DESC"], max_results=1
-                              ) if experiment_id else []
-    if not runs:
-        raise TrackingStoreError(f"trainer.resume=true: no interrupted (KILLED) run in "
-                                 f"experiment {cfg.tracking.experiment!r} of {cfg.tracking.uri}")
-    return runs[0].info.run_id
 
 
 def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,
@@ -246,49 +213,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)
     return flat
-
-
-class TrackingStoreError(UserError, RuntimeError):
-    """The tracking store cannot be reached or written; the message names it."""
-
-
-def check_store(uri: str, timeout: float = 5.0) -> None:
-    """Fail within seconds if ``uri`` cannot take a run, rather than after training.
-
-    An HTTP server must answer its health check; a SQLite file (or its folder, for a
-    new store) must be writable and not locked by another writer.
-    """
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-                return
-        except (OSError, ValueError) as err:
-            raise TrackingStoreError(f"tracking.uri={uri}: no MLflow server answers there "
-                                     f"({err}); start one or choose another store") from err
-    if uri.startswith("sqlite:///"):
-        path = Path(absolute_uri(uri)[len("sqlite:///"):])
-        if not path.exists():
-            if not os.access(path.parent, os.W_OK):
-                raise TrackingStoreError(f"tracking.uri={uri}: cannot create {path}: its folder "
-                                         "is not writable")
-            return
-        if not os.access(path, os.W_OK):
-            raise TrackingStoreError(f"tracking.uri={uri}: {path} is read-only")
-        try:
-            with sqlite3.connect(path, timeout=timeout) as db:
-                db.execute("BEGIN IMMEDIATE")  # takes the write lock, or waits `timeout`
-                db.rollback()
-        except sqlite3.Error as err:
-            raise TrackingStoreError(f"tracking.uri={uri}: {path} cannot be written ({err})"
-                                     ) from err
-
-
-def absolute_uri(uri: str) -> str:
-    """A relative SQLite URI made absolute, so it names the same store from anywhere."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
 
 
 def git_tags() -> dict[str, str]:

@@ -159,7 +159,7 @@ def test_unreachable_tracking_server_fails_fast_and_trains_nothing(tiny_cifar, t
 
 
 def test_locked_sqlite_store_gives_a_clear_error(tmp_path):
-    from cifar10_mlp.tracking import TrackingStoreError, check_store
+    from cifar10_mlp.store import TrackingStoreError, check_store
 
     path = tmp_path / "mlflow.db"
     holder = sqlite3.connect(path, isolation_level=None)
@@ -224,7 +224,8 @@ def test_ctrl_c_then_resume_continues_the_run_to_its_last_epoch(tiny_cifar, tmp_
 def test_resume_without_an_interrupted_run_says_so(tiny_cifar, tmp_path):
     done = run_cli([*tiny_overrides(tiny_cifar, tmp_path), "trainer.resume=true"], tmp_path)
     assert done.returncode != 0
-    assert "trainer.resume=true: no interrupted (KILLED) run in experiment 'tests'" in done.stderr
+    assert ("trainer.resume=true: no interrupted run (KILLED, or RUNNING with its process gone) "
+            "in experiment 'tests'") in done.stderr
 
 
 def test_sigterm_interrupts_the_run_and_then_the_worker_handler_is_back():
@@ -264,3 +265,24 @@ def test_help_names_the_tool_shows_common_commands_and_only_real_options(tmp_pat
     assert "hparams_search=mlp_asha" in done.stdout and "trainer.resume=true" in done.stdout
     assert "\noptimizer: adam, adamw, sgd\n" in done.stdout
     assert "\n  val_size: 0.1\n" in done.stdout  # the config, every key overridable
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_is_continued_by_resume(tiny_cifar, tmp_path):
+    overrides = [*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=30",
+                 "trainer.early_stopping.patience=null", "tracking.log_model=false"]
+    process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = wait_for_epochs(process, client, 2)
+    process.kill()  # SIGKILL: nothing in the process gets to mark the run
+    process.wait()
+    assert client.get_run(run_id).info.status == "RUNNING"  # what the store is left with
+
+    done = run_cli([*overrides, "trainer.resume=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, 31))  # each epoch once: the lost ones from its checkpoint
+    assert "error" not in run.data.tags

@@ -1,13 +1,17 @@
 """Sweeps end to end: multiruns as subprocesses on the tiny archive, a real SQLite store."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
 from mlflow import MlflowClient
+
+from cifar10_mlp.store import open_experiment
 
 CLI = Path(sys.executable).parent
 GRID = ["model.hidden=[16],[32,16]", "optimizer.lr=0.01,0.001"]
@@ -126,3 +130,66 @@ def test_a_job_lost_before_its_run_opened_is_recorded_failed_with_its_config(
         "JobLost: the job's worker died (RuntimeError: worker killed)"
     assert lost.data.params["optimizer.lr"] == "0.01"  # its config, as for any job
     assert lost.data.tags["overrides"] == "optimizer.lr=0.01"
+
+
+def terminal_sigint():
+    """In the child: take SIGINT as a terminal delivers it, even under a backgrounded pytest
+    (whose shell made children ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_joblib_grid_cleanly_and_sweep_resume_completes_it(tiny_cifar, tmp_path):
+    # jobs 0-1 train 1 epoch and finish; jobs 2-3 train 20 and are stopped on the way
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            *(o for o in sweep_overrides(tiny_cifar, tmp_path) if not o.startswith("trainer.")),
+            "trainer.batch_size=16", "trainer.verbose=0", "trainer.early_stopping.patience=null",
+            "trainer.epochs=1,20", "optimizer.lr=0.01,0.001"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    sweep = subprocess.Popen([str(CLI / "cifar10-mlp"), *args], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, preexec_fn=terminal_sigint)
+    deadline = time.monotonic() + 300
+    while True:  # until jobs 2 and 3 have each logged 2 epochs
+        assert sweep.poll() is None and time.monotonic() < deadline, "no long job got going"
+        time.sleep(0.5)
+        # under the store's lock: the sweep may be creating it right now
+        experiment = open_experiment(uri, "tests", create=False)
+        long = [c for c in client.search_runs([experiment])
+                if c.data.params.get("trainer.epochs") == "20"] if experiment else []
+        if len(long) == 2 and all(len(client.get_metric_history(c.info.run_id, "loss")) >= 2
+                                  for c in long):
+            break
+    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+    _, stderr = sweep.communicate(timeout=120)
+
+    assert sweep.returncode == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "cifar10-mlp: sweep stopped by Ctrl-C: 2 of 4 jobs finished, 2 interrupted (KILLED, "
+        "checkpoints kept), 0 not started; run the same command with sweep.resume=true to "
+        "continue it")
+    assert "Traceback" not in stderr
+    _, (parent,), children = runs_of(uri, "tests")
+    assert parent.info.status == "KILLED" and len(children) == 4
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    by_job = {c.info.run_name: c for c in children}
+    assert {n: by_job[n].info.status for n in by_job} == {
+        "job 0": "FINISHED", "job 1": "FINISHED", "job 2": "KILLED", "job 3": "KILLED"}
+    assert all((tmp_path / "checkpoints" / by_job[n].info.run_id).is_dir()
+               for n in ("job 2", "job 3"))  # kept for the resume
+
+    done = run("cifar10-mlp", [*args, "sweep.resume=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, (again,), children = runs_of(uri, "tests")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:  # the same runs, each epoch logged once
+        assert child.info.run_id == by_job[child.info.run_name].info.run_id
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+        assert sorted(steps) == list(range(1, int(child.data.params["trainer.epochs"]) + 1))
+        assert "error" not in child.data.tags
+    for name in ("job 0", "job 1"):  # finished before: not trained again
+        assert client.get_run(by_job[name].info.run_id).info.end_time == \
+            by_job[name].info.end_time
+    assert again.data.metrics["n_finished"] == 4

@@ -20,7 +20,6 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
 from typing import Any, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -67,6 +66,7 @@ class OptunaSweeper(Sweeper):
 
         from cifar10_mlp import study as studies
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # this sweeper logs the study
         studies.check_search(self.objectives, self.sampler, self.pruner, self.storage,
                              self.n_jobs, self.launcher_target)
         storage = studies.open_storage(self.storage, os.getcwd())
@@ -109,7 +109,7 @@ class OptunaSweeper(Sweeper):
         """
         running: dict[Future, list] = {}
         pool = ThreadPoolExecutor(max_workers=self.n_jobs) if self.n_jobs > 1 else None
-        with pool or nullcontext():
+        try:
             while True:
                 busy = sum(len(trials) for trials in running.values())
                 free = 0 if self.batched and running else self.n_jobs - busy
@@ -125,6 +125,9 @@ class OptunaSweeper(Sweeper):
                     self._tell_all(study, running.pop(future), future)
                 log.info("study %s: %d of %d trials done", self.study_name,
                          counted_trials(study), self.n_trials)
+        finally:
+            if pool is not None:  # stopped (Ctrl-C): the entry point stops the running jobs
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _start(self, pool: Optional[ThreadPoolExecutor], trials: list, fixed: list[str]
                ) -> Future:

@@ -1,0 +1,153 @@
+"""The MLflow store as a whole: can it take a run, its first use, experiments, lost runs.
+
+``check_store`` fails fast on a store that cannot be written; ``open_experiment`` creates
+the store and an experiment under a lock, so runs started together on a fresh SQLite file
+all succeed; ``process_lost`` recognises a RUNNING run whose process is gone (each run
+records its ``host``, ``pid`` and a ``heartbeat`` per epoch), which ``find_interrupted``
+(``trainer.resume``) and the sweep report end as KILLED.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from omegaconf import DictConfig
+
+from cifar10_mlp.errors import UserError
+
+# a run's last sign of life (seconds since the epoch), written when it starts and each epoch
+HEARTBEAT_TAG = "heartbeat"
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive use of a SQLite store's first-use steps across processes.
+
+    MLflow creates a new store's schema in several migration steps; two processes doing so
+    at once fail ('duplicate column name'), and two creating one experiment collide. A
+    tracking server serialises these itself.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(absolute_uri(uri)[len("sqlite:///"):])
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
+    """The id of experiment ``name``, the store and the experiment created on first use,
+    under the store's lock (None when it does not exist and ``create`` is false)."""
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(name) if create else None
+
+
+def find_interrupted(cfg: DictConfig) -> str:
+    """The run ``trainer.resume`` continues: the latest of ``cfg.tracking.experiment`` that
+    was interrupted (KILLED), or that is RUNNING with its process gone, which is marked
+    KILLED here first."""
+    client = MlflowClient(cfg.tracking.uri)
+    experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment, create=False)
+    runs = client.search_runs([experiment_id], "attributes.status != 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1000
+                              ) if experiment_id else []
+    for run in runs:
+        if run.info.status == "KILLED":
+            return run.info.run_id
+        if process_lost(run, cfg.tracking.lost_after_minutes * 60):
+            end_lost(client, run.info.run_id)
+            return run.info.run_id
+    raise TrackingStoreError(
+        f"trainer.resume=true: no interrupted run (KILLED, or RUNNING with its process gone) "
+        f"in experiment {cfg.tracking.experiment!r} of {cfg.tracking.uri}")
+
+
+def process_lost(run: Run, lost_after_s: float) -> bool:
+    """Whether a RUNNING run's process is gone: it gave no sign of life (a heartbeat each
+    epoch) for ``lost_after_s`` seconds, or it ran on this host and its process no longer
+    exists (killed with SIGKILL, out of memory, crashed)."""
+    if run.info.status != "RUNNING":
+        return False
+    tags = run.data.tags
+    beat = float(tags.get(HEARTBEAT_TAG, run.info.start_time / 1000))
+    if time.time() - beat > lost_after_s:
+        return True
+    return tags.get("host") == socket.gethostname() and "pid" in tags and not alive(
+        int(tags["pid"]))
+
+
+def end_lost(client: MlflowClient, run_id: str) -> None:
+    """End a run whose process is gone as KILLED: its epochs so far and checkpoint stay."""
+    client.set_tag(run_id, "error", "process lost")
+    client.set_terminated(run_id, status="KILLED")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+
+
+class TrackingStoreError(UserError, RuntimeError):
+    """The tracking store cannot be reached or written; the message names it."""
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds if ``uri`` cannot take a run, rather than after training.
+
+    An HTTP server must answer its health check; a SQLite file (or its folder, for a
+    new store) must be writable and not locked by another writer.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return
+        except (OSError, ValueError) as err:
+            raise TrackingStoreError(f"tracking.uri={uri}: no MLflow server answers there "
+                                     f"({err}); start one or choose another store") from err
+    if uri.startswith("sqlite:///"):
+        path = Path(absolute_uri(uri)[len("sqlite:///"):])
+        if not path.exists():
+            if not os.access(path.parent, os.W_OK):
+                raise TrackingStoreError(f"tracking.uri={uri}: cannot create {path}: its folder "
+                                         "is not writable")
+            return
+        if not os.access(path, os.W_OK):
+            raise TrackingStoreError(f"tracking.uri={uri}: {path} is read-only")
+        try:
+            with sqlite3.connect(path, timeout=timeout) as db:
+                db.execute("BEGIN IMMEDIATE")  # takes the write lock, or waits `timeout`
+                db.rollback()
+        except sqlite3.Error as err:
+            raise TrackingStoreError(f"tracking.uri={uri}: {path} cannot be written ({err})"
+                                     ) from err
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite URI made absolute, so it names the same store from anywhere."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri

@@ -1,0 +1,62 @@
+"""The store as a whole: runs whose process is gone, and the report that closes them."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from cifar10_mlp.store import HEARTBEAT_TAG, open_experiment, process_lost
+
+REPORT = str(Path(sys.executable).parent / "cifar10-mlp-report")
+
+
+def dead_pid() -> int:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    return finished.pid
+
+
+@pytest.fixture
+def client(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    open_experiment(uri, "tests")
+    return MlflowClient(uri)
+
+
+def running(client, host, pid, heartbeat, parent=None):
+    tags = {"host": host, "pid": str(pid), HEARTBEAT_TAG: str(heartbeat)}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(client.get_experiment_by_name("tests").experiment_id, tags=tags,
+                            run_name="job 0" if parent else None)
+    return client.get_run(run.info.run_id)
+
+
+def test_a_run_is_lost_when_its_process_here_is_gone_or_it_fell_silent(client):
+    now = time.time()
+    here = socket.gethostname()
+    assert process_lost(running(client, here, dead_pid(), now), lost_after_s=3600)
+    assert not process_lost(running(client, here, os.getpid(), now), lost_after_s=3600)
+    # elsewhere only silence tells: a heartbeat older than the limit
+    assert process_lost(running(client, "elsewhere", 1, now - 7200), lost_after_s=3600)
+    assert not process_lost(running(client, "elsewhere", 1, now - 60), lost_after_s=3600)
+
+
+def test_the_sweep_report_ends_a_lost_job_killed(client, tmp_path):
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    parent = client.create_run(experiment, run_name="sweep", tags={"sweep": "parent"})
+    client.set_terminated(parent.info.run_id, status="KILLED")
+    lost = running(client, socket.gethostname(), dead_pid(), time.time(),
+                   parent=parent.info.run_id)
+    done = subprocess.run([REPORT, "tests", "--tracking-uri", client.tracking_uri, "--out",
+                           str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ended = client.get_run(lost.info.run_id)
+    assert ended.info.status == "KILLED" and ended.data.tags["error"] == "process lost"
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"  # left as it was
+    assert "| job 0 | KILLED |" in done.stdout
