@@ -48,6 +48,8 @@ def main() -> None:
         try:
             train()
         except KeyboardInterrupt as stop:
+            for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits for this
+                signal.signal(signum, signal.SIG_IGN)
             from cifar10_mlp.sweep import stop_open_sweep
 
             reason = str(stop) or "Ctrl-C"

@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -133,12 +132,11 @@ class SweepTracker(Callback):
 
     def stop(self, reason: str) -> str:
         """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
-        partial report; the one line to print (what stopped, how to continue)."""
+        partial report; the one line to print (what stopped, how to continue). The caller
+        ignores further signals meanwhile, so a second Ctrl-C cannot cut this short."""
         from cifar10_mlp import sweep_store
 
         config = self.config
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits for this
-            signal.signal(signum, signal.SIG_IGN)
         sweep_store.stop_children(config.tracking.uri, self.parent_run_id, reason)
         outcome = report_sweep(config.tracking.uri, self.parent_run_id,
                                Path(config.hydra.sweep.dir),
