@@ -67,7 +67,7 @@ def earlier_run(cfg: DictConfig, parent_run_id: str, overrides: list[str]) -> Ch
     (a run left RUNNING by a lost process is ended KILLED first, to be continued)."""
     from cifar10_mlp.sweep_store import earlier_job
 
-    return earlier_job(cfg.tracking.uri, parent_run_id, " ".join(overrides) or "(defaults)",
+    return earlier_job(cfg.tracking.uri, parent_run_id, overrides,
                        cfg.tracking.lost_after_minutes * 60)
 
 

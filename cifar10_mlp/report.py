@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifar10_mlp.sweep_store import ChildRun
+from cifar10_mlp.tracking import overrides_tag
 
 SELECTION_METRIC = "selected_val_accuracy"  # validation only: the test set never picks a run
 METRIC_COLUMNS = (SELECTION_METRIC, "test_accuracy", "test_f1_macro", "epochs_trained")
@@ -69,7 +70,7 @@ def build(children: list[ChildRun], objectives: dict[str, str] | None = None,
             for run in ranked]
     started = {run.overrides for run in children}
     waiting = [(number, dict(o.split("=", 1) for o in job))
-               for number, job in enumerate(planned or []) if " ".join(job) not in started]
+               for number, job in enumerate(planned or []) if overrides_tag(job) not in started]
     rows += [{**dict.fromkeys(rows[0] if rows else ["run", "status"], ""),
               "run": f"job {number}", "status": NOT_STARTED,
               **{k: values[k] for k in swept if k in values}}

@@ -23,7 +23,13 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from cifar10_mlp.store import alive, end_lost, open_experiment, process_lost
-from cifar10_mlp.tracking import MAX_TAG_LENGTH, PRUNED_TAG, git_tags, record_failed_run
+from cifar10_mlp.tracking import (
+    MAX_TAG_LENGTH,
+    PRUNED_TAG,
+    git_tags,
+    overrides_tag,
+    record_failed_run,
+)
 
 # tag of a parent run: what its sweep runs (its Optuna study, or its grid of jobs)
 RESUME_KEY_TAG = "sweep_resume_key"
@@ -90,12 +96,13 @@ def end_lost_children(uri: str, parent_run_id: str, lost_after_s: float) -> None
             end_lost(client, run.info.run_id)
 
 
-def earlier_job(uri: str, parent_run_id: str, overrides: str, lost_after_s: float
+def earlier_job(uri: str, parent_run_id: str, overrides: Sequence[str], lost_after_s: float
                 ) -> ChildRun | None:
     """The latest run of the job with these overrides in this sweep (a resumed sweep's job
     continues it); one left RUNNING by a lost process is ended KILLED first."""
     end_lost_children(uri, parent_run_id, lost_after_s)
-    same = [run for run in sweep_children(uri, parent_run_id) if run.overrides == overrides]
+    same = [run for run in sweep_children(uri, parent_run_id)
+            if run.overrides == overrides_tag(overrides)]
     return same[-1] if same else None
 
 
@@ -223,7 +230,7 @@ def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: st
                    f"{str(error).splitlines()[0] if str(error) else ''})")
     client = MlflowClient(cfg.tracking.uri)
     parent = client.get_run(parent_run_id)
-    joined = " ".join(overrides) or "(defaults)"
+    joined = overrides_tag(overrides)
     opened = [run for run in client.search_runs(
                   [parent.info.experiment_id],
                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "

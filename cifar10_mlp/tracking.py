@@ -153,7 +153,7 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     """
     mlflow.set_tracking_uri(cfg.tracking.uri)
     experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
-    tags = {"overrides": " ".join(overrides) or "(defaults)", **git_tags(),
+    tags = {"overrides": overrides_tag(overrides), **git_tags(),
             "host": socket.gethostname(), "pid": str(os.getpid()),
             HEARTBEAT_TAG: str(round(time.time())),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
@@ -179,6 +179,12 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
+
+
+def overrides_tag(overrides: Sequence[str]) -> str:
+    """The ``overrides`` tag of a run: its command-line overrides, which in a sweep tell its
+    job apart from the others."""
+    return " ".join(overrides) or "(defaults)"
 
 
 def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,

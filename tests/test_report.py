@@ -113,3 +113,28 @@ def test_the_scatter_shows_pruned_runs_apart():
     (ax,) = fig.axes
     assert [c.get_label() for c in ax.collections] == ["finished", "pruned"]
     assert [len(c.get_offsets()) for c in ax.collections] == [1, 1]
+
+
+def test_planned_jobs_without_a_run_are_listed_as_not_started():
+    planned = [["optimizer.lr=0.1"], ["optimizer.lr=0.01"], ["optimizer.lr=0.001"]]
+    ran = ChildRun("r", "job 0", "KILLED", {"optimizer.lr": "0.1"}, {}, 3.0, "interrupted",
+                   overrides="optimizer.lr=0.1")
+    built = report.build([ran], planned=planned)
+    assert (built.n_interrupted, built.n_not_started) == (1, 2)
+    assert [(row["run"], row["status"]) for row in built.rows] == [
+        ("job 0", "KILLED"), ("job 1", "NOT STARTED"), ("job 2", "NOT STARTED")]
+    assert "1 interrupted, 2 not started" in report.summary_line(built)
+
+
+def test_the_grid_of_a_sweep_is_the_one_hydra_launches():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference
+
+    from cifar10_mlp.sweep import grid_jobs
+
+    params = {"model.hidden": "[512],[1024,512]"}
+    arguments = ["optimizer.lr=0.01,0.001", "trainer.epochs=3", "seed=1,2"]
+    parsed = OverridesParser.create().parse_overrides(
+        [*(f"{k}={v}" for k, v in params.items()), *arguments])
+    (hydra_jobs,) = BasicSweeper.split_arguments(parsed, None)
+    assert grid_jobs(params, arguments) == hydra_jobs
+    assert len(hydra_jobs) == 8
