@@ -105,9 +105,12 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
                f"{metrics['test_f1_macro']:.4f} | " if summary.pruned_epoch is None else
                f"pruned by the search after epoch {summary.pruned_epoch}, so not evaluated on "
                "the test set | ")
+    from cifar10_mlp.store import where_to_look
+
+    where = where_to_look(summary.tracking_uri, summary.experiment_id, summary.run_id)
     print(f"\n{outcome}validation accuracy {metrics['selected_val_accuracy']:.4f}\n"
           f"MLflow run {summary.run_id}\n"
-          f"see it {where_to_look(summary.tracking_uri)}")
+          f"see it {where}")
     return summary
 
 
@@ -118,7 +121,8 @@ def reused(earlier, tracking_uri: str) -> runner.RunSummary | float:
              earlier.status, earlier.run_id)
     if earlier.status != "FINISHED":
         return math.nan
-    return runner.RunSummary(earlier.run_id, tracking_uri, earlier.metrics, earlier.pruned_epoch)
+    return runner.RunSummary(earlier.run_id, tracking_uri, earlier.experiment_id, earlier.metrics,
+                             earlier.pruned_epoch)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -132,13 +136,6 @@ def eda(cfg: DictConfig) -> None:
     except UserError as err:
         sys.exit(f"cifar10-mlp-eda: error: {err}")
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
-
-
-def where_to_look(tracking_uri: str) -> str:
-    """How to open the MLflow UI on this store: a server's page, or `mlflow ui` on a file."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"at {tracking_uri}"
-    return f"with: mlflow ui --backend-store-uri {tracking_uri}"
 
 
 @contextmanager
@@ -165,19 +162,19 @@ def report() -> None:
     parser.add_argument("sweep", help="parent run id, or an experiment name (its latest sweep)")
     parser.add_argument("--tracking-uri", default=tracking.uri)
     parser.add_argument("--out", type=Path, default=Path("sweep_report"),
-                        help="folder for runs.csv, runs.md and the best confusion matrix")
+                        help="folder for index.html (the page), runs.csv, runs.md and figures")
     parser.add_argument("--lost-after-minutes", type=float, default=tracking.lost_after_minutes,
                         help="a RUNNING job silent this long (or whose process on this host "
                              "is gone) is ended KILLED: process lost")
     args = parser.parse_args()
     from cifar10_mlp import report as tables
-    from cifar10_mlp import sweep, sweep_store
+    from cifar10_mlp import sweep_report, sweep_store
 
     parent = sweep_store.find_sweep(args.tracking_uri, args.sweep)
     if parent is None:
         sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
                  f"{args.tracking_uri}")
-    outcome = sweep.report_sweep(args.tracking_uri, parent, args.out,
+    outcome = sweep_report.write(args.tracking_uri, parent, args.out,
                                  args.lost_after_minutes * 60)
     print(f"\nSweep {parent}: {tables.summary_line(outcome)}\n{tables.to_markdown(outcome)}\n"
           f"report: {args.out}\n")

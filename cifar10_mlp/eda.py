@@ -6,10 +6,8 @@ and the same fitted preprocessing that a training run with the same config uses.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
-import io
 import json
 import logging
 import os
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar10_mlp import preprocess
+from cifar10_mlp import pages, preprocess
 from cifar10_mlp.data import DataSplit
 
 log = logging.getLogger(__name__)
@@ -156,11 +154,6 @@ def explore(cfg, overrides: Sequence[str] = ()) -> tuple[str, Path]:
 
 def render_html(stats: dict, figures: dict) -> str:
     """One self-contained page: the statistics as tables, every figure embedded as PNG."""
-    def png(figure) -> str:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        return base64.b64encode(buffer.getvalue()).decode()
-
     names = stats["classes"]
     counts = "".join(f"<tr><th>{split}</th>{''.join(f'<td>{n}</td>' for n in row)}"
                      f"<td>{sum(row)}</td></tr>" for split, row in stats["counts"].items())
@@ -173,20 +166,11 @@ def render_html(stats: dict, figures: dict) -> str:
     dup = stats["duplicates"]
     duplicates = ", ".join([*(f"within {k}: {v}" for k, v in dup["within"].items()),
                             *(f"{k}: {v}" for k, v in dup["across"].items())])
-    images = "".join(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
-                     f'{png(fig)}"><figcaption>{html.escape(name)}</figcaption></figure>'
-                     for name, fig in figures.items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>CIFAR-10 data report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
-text-align:right}}img{{max-width:100%}}figure{{margin:2em 0}}</style></head><body>
-<h1>CIFAR-10 data report</h1>
+    images = "".join(pages.image(name, pages.png(fig)) for name, fig in figures.items())
+    return pages.page("CIFAR-10 data report", f"""
 <p>Source: <code>{html.escape(stats["source"])}</code> (sha256 {stats["digest"][:16]}&hellip;)</p>
 <h2>Images per class</h2><table><tr><th></th>{''.join(f'<th>{n}</th>' for n in names)}
 <th>total</th></tr>{counts}</table>
 <h2>Pixels: mean / std per channel (red, green, blue)</h2><table>{pixels}</table>
 <h2>Exact duplicates</h2><p>{duplicates}</p>
-{images}
-</body></html>
-"""
+{images}""")

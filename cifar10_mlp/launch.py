@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # Optuna and MLflow are imported only by the jobs that need t
 # how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
 # not MLFLOW_RUN_ID, which MLflow would take as a run to resume
 PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
+# and the keys the sweep varies (comma-separated), which name each job's run
+SWEPT_KEYS_ENV = "CIFAR10_MLP_SWEPT_KEYS"
 
 
 def job_overrides(overrides) -> list[str]:
@@ -28,12 +30,30 @@ def job_overrides(overrides) -> list[str]:
 
 
 def fill_launch_settings(cfg: DictConfig, hydra_cfg: DictConfig, sweeping: bool) -> None:
-    """Fill in what the config leaves to the launch: a sweep job's run name ("job N") and
-    TensorFlow's threads (all cores, or the launcher's cores per job)."""
+    """Fill in what the config leaves to the launch: a sweep job's run name (``job 3:
+    model.hidden=[128] optimizer.lr=0.001``, its number and swept values) and TensorFlow's
+    threads (all cores, or the launcher's cores per job)."""
     if sweeping and cfg.tracking.run_name is None:
-        cfg.tracking.run_name = f"job {hydra_cfg.job.num}"
+        cfg.tracking.run_name = job_name(hydra_cfg.job.num, job_overrides(
+            hydra_cfg.overrides.task), os.environ.get(SWEPT_KEYS_ENV, "").split(","))
     if cfg.trainer.threads is None:
         cfg.trainer.threads = cpus_per_job(hydra_cfg.launcher) if sweeping else os.cpu_count() or 1
+
+
+def job_name(number: int, overrides: list[str], swept: list[str]) -> str:
+    """``job N``, followed by the job's values of the swept keys (numbers to 4 digits)."""
+    values = [(key, value) for key, _, value in (o.partition("=") for o in overrides)
+              if key in swept]
+    shown = " ".join(f"{key}={_short(value)}" for key, value in values)
+    return f"job {number}: {shown}"[:240] if shown else f"job {number}"
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() else f"{number:.4g}"
 
 
 def cpus_per_job(launcher: DictConfig) -> int:

@@ -94,7 +94,7 @@ def hyperparameter_scatter(rows: list[dict[str, object]], params: list[str],
     fig = Figure(figsize=(4.0 * len(params), 3.6), layout="constrained")
     for ax, param in zip(np.atleast_1d(fig.subplots(1, len(params))), params, strict=True):
         values = [str(row[param]) for row in scored]
-        numbers = _as_floats(values)
+        numbers = as_floats(values)
         if numbers is not None:
             x = numbers
             positive = [v for v in numbers if v > 0]
@@ -117,6 +117,33 @@ def hyperparameter_scatter(rows: list[dict[str, object]], params: list[str],
     n_finished = sum(row["status"] == "FINISHED" for row in scored)
     fig.suptitle(f"{metric} by hyperparameter ({n_finished} finished, "
                  f"{len(scored) - n_finished} pruned runs)")
+    return fig
+
+
+def validation_curves(curves: dict[str, list[float]], best: str | None,
+                      pruned: set[str]) -> Figure:
+    """Validation accuracy per epoch of every run, overlaid: the best run drawn bold, pruned
+    runs grey and dashed with a cross where they were cut, the others thin."""
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax = fig.subplots()
+    for name, values in curves.items():
+        epochs = range(1, len(values) + 1)
+        if name == best:
+            ax.plot(epochs, values, color="tab:red", linewidth=2.5, zorder=3,
+                    label=f"best: {name}")
+        elif name in pruned:
+            ax.plot(epochs, values, color="grey", linestyle="--", linewidth=1, alpha=0.7)
+            ax.plot(len(values), values[-1], "x", color="grey")
+        else:
+            ax.plot(epochs, values, color="tab:blue", linewidth=1, alpha=0.6)
+    ax.plot([], [], color="tab:blue", linewidth=1, label="finished")
+    if pruned:
+        ax.plot([], [], color="grey", linestyle="--", marker="x", label="pruned (cut at x)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Validation accuracy of {len(curves)} runs")
     return fig
 
 
@@ -145,7 +172,8 @@ def pareto_front(rows: list[dict[str, object]], objectives: dict[str, str]) -> F
     return fig
 
 
-def _as_floats(values: list[str]) -> list[float] | None:
+def as_floats(values: list[str]) -> list[float] | None:
+    """The values as numbers, or None when any is not one."""
     try:
         return [float(v) for v in values]
     except ValueError:

@@ -25,6 +25,7 @@ class RunSummary:
 
     run_id: str
     tracking_uri: str
+    experiment_id: str
     metrics: dict[str, float]
     pruned_epoch: int | None = None  # a search's pruner stopped the run after this epoch
 
@@ -96,7 +97,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                    **{f"time_{stage}_seconds": s for stage, s in seconds.items()}}
         run.log_metrics(metrics)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
-    return RunSummary(run.run_id, run.tracking_uri,
+    return RunSummary(run.run_id, run.tracking_uri, run.experiment_id,
                       {**(test.metrics() if test is not None else {}), **metrics}, pruned_epoch)
 
 

@@ -27,6 +27,8 @@ from cifar10_mlp.errors import UserError
 
 # a run's last sign of life (seconds since the epoch), written when it starts and each epoch
 HEARTBEAT_TAG = "heartbeat"
+# the experiment tag MLflow 3's UI reads to choose an experiment's first page
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 @contextmanager
@@ -48,13 +50,41 @@ def store_lock(uri: str) -> Iterator[None]:
 
 def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
     """The id of experiment ``name``, the store and the experiment created on first use,
-    under the store's lock (None when it does not exist and ``create`` is false)."""
+    under the store's lock (None when it does not exist and ``create`` is false).
+
+    The experiment is marked as model training (:data:`EXPERIMENT_KIND`), so that the MLflow
+    UI opens it on its runs table rather than on the GenAI overview (traces, tokens).
+    """
     with store_lock(uri):
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(name) if create else None
+        if experiment is None:
+            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND])) if create else None
+        if experiment.tags.get(EXPERIMENT_KIND[0]) is None:  # made before this tag was set
+            client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        return experiment.experiment_id
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None,
+           local_ui: str = "http://127.0.0.1:5000") -> str:
+    """A page of the MLflow UI: a run, or the experiment's runs table. A tracking server
+    serves its own UI; a SQLite store's is ``mlflow ui`` at ``local_ui``.
+
+    MLflow 3.17's UI opens an experiment on the page its GenAI / Model training switch
+    chooses (the URL's ``workflowType``, else the browser's last choice, GenAI at first), not
+    by the experiment's ``mlflow.experimentKind`` tag: the link asks for model training.
+    """
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else local_ui
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
+def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """How to see a run in the MLflow UI: its page on a server, or `mlflow ui` on a file."""
+    page = ui_url(tracking_uri, experiment_id, run_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"at {page}"
+    return f"with: mlflow ui --backend-store-uri {tracking_uri}, then {page}"
 
 
 def find_interrupted(cfg: DictConfig) -> str:

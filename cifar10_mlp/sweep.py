@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -28,9 +29,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp.errors import UserError
-from cifar10_mlp.launch import PARENT_RUN_ENV, fill_launch_settings, job_overrides
+from cifar10_mlp.launch import (
+    PARENT_RUN_ENV,
+    SWEPT_KEYS_ENV,
+    fill_launch_settings,
+    job_overrides,
+)
 
 log = logging.getLogger(__name__)
+SWEPT_KEYS_TAG = "sweep_keys"  # of a parent run: the keys its jobs differ in
 _open_sweep: SweepTracker | None = None  # the sweep this process is running, if any
 
 
@@ -52,32 +59,13 @@ class SweepTracker(Callback):
         # single run must not import MLflow and TensorFlow before its config is checked
         from cifar10_mlp import sweep_store
 
-        sweeper = config.hydra.sweeper
-        arguments = job_overrides(config.hydra.overrides.task)
-        swept = {f"sweep.{key}": value for key, value in (o.split("=", 1) for o in arguments
-                                                          if "=" in o)}
-        swept |= {f"sweep.{key}": str(value)
-                  for key, value in (sweeper.get("params") or {}).items()}
-        study = sweeper.get("study_name")
-        tags = {"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])}
-        if study:  # an Optuna search: what the report needs to rank it and mark its front
-            from cifar10_mlp.study import check_search
-
-            # before the parent opens: a setting that cannot work leaves no run behind
-            check_search(sweeper.objectives, sweeper.sampler, sweeper.pruner, sweeper.storage,
-                         sweeper.n_jobs, config.hydra.launcher._target_)
-            tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
-                     "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner}
-            # the study's own identity: its journal file and name
-            key = f"{Path(sweeper.storage).resolve()}#{study}"
-        else:
-            self.planned = grid_jobs(dict(sweeper.get("params") or {}), arguments)
-            key = "grid:" + hashlib.sha1(json.dumps(sorted(map(" ".join, self.planned))).encode()
-                                         ).hexdigest()[:16]
+        plan = plan_sweep(config)
         uri, lost_after = config.tracking.uri, config.tracking.lost_after_minutes * 60
-        earlier = (sweep_store.latest_sweep(uri, config.tracking.experiment, key)
-                   if study or config.sweep.resume else None)
-        if config.sweep.resume and not study and (earlier is None or earlier[1] == "FINISHED"):
+        resumes = plan.search or config.sweep.resume
+        earlier = (sweep_store.latest_sweep(uri, config.tracking.experiment, plan.resume_key)
+                   if resumes else None)
+        if config.sweep.resume and not plan.search and (earlier is None
+                                                         or earlier[1] == "FINISHED"):
             raise SweepError(
                 f"sweep.resume=true: no interrupted sweep of these jobs in experiment "
                 f"{config.tracking.experiment!r} of {uri}"
@@ -88,11 +76,12 @@ class SweepTracker(Callback):
             log.info("continuing the sweep of parent MLflow run %s", self.parent_run_id)
         else:
             self.parent_run_id = sweep_store.open_sweep(
-                uri, config.tracking.experiment, run_name=f"sweep {study}" if study else "sweep",
-                tags=tags, params=swept, resume_key=key)
-            log.info("sweep parent MLflow run %s", self.parent_run_id)
+                uri, config.tracking.experiment, plan.run_name, plan.tags, plan.params,
+                plan.resume_key)
+            log.info("%s: parent MLflow run %s", plan.run_name, self.parent_run_id)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        self.config = config
+        os.environ[SWEPT_KEYS_ENV] = ",".join(plan.swept_keys)
+        self.planned, self.config = plan.planned, config
         _open_sweep = self
         # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
         # that raises would leave the parent RUNNING for ever
@@ -116,15 +105,20 @@ class SweepTracker(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
             return
-        from cifar10_mlp import report
+        from cifar10_mlp import report, sweep_report, sweep_store
+        from cifar10_mlp.store import where_to_look
 
-        outcome = report_sweep(config.tracking.uri, self.parent_run_id,
+        outcome = sweep_report.write(config.tracking.uri, self.parent_run_id,
                                Path(config.hydra.sweep.dir),
                                config.tracking.lost_after_minutes * 60, self.planned,
                                end_as="FINISHED")
         self._close()
+        uri = config.tracking.uri
+        where = where_to_look(uri, sweep_store.parent_run(uri, self.parent_run_id).info
+                              .experiment_id, self.parent_run_id)
         print(f"\nSweep {self.parent_run_id}: {report.summary_line(outcome)}\n"
-              f"{report.to_markdown(outcome)}\nreport: {config.hydra.sweep.dir}\n")
+              f"{report.to_markdown(outcome)}\nreport: {config.hydra.sweep.dir}/index.html\n"
+              f"see it {where}\n")
         if outcome.n_failed:
             total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
             sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "
@@ -134,11 +128,11 @@ class SweepTracker(Callback):
         """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
         partial report; the one line to print (what stopped, how to continue). The caller
         ignores further signals meanwhile, so a second Ctrl-C cannot cut this short."""
-        from cifar10_mlp import sweep_store
+        from cifar10_mlp import sweep_report, sweep_store
 
         config = self.config
         sweep_store.stop_children(config.tracking.uri, self.parent_run_id, reason)
-        outcome = report_sweep(config.tracking.uri, self.parent_run_id,
+        outcome = sweep_report.write(config.tracking.uri, self.parent_run_id,
                                Path(config.hydra.sweep.dir),
                                config.tracking.lost_after_minutes * 60, self.planned,
                                end_as="KILLED", stopped_by=reason)
@@ -158,6 +152,7 @@ class SweepTracker(Callback):
         global _open_sweep
         atexit.unregister(self._end_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEPT_KEYS_ENV, None)
         _open_sweep = None
 
     @staticmethod
@@ -168,6 +163,61 @@ class SweepTracker(Callback):
             sweep_store.end_unfinished(uri, parent_run_id)
         except Exception as err:  # at exit: say so, never mask how the sweep ended
             log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a multirun will run, known before any job starts."""
+
+    search: bool  # an Optuna search (else a grid)
+    swept_keys: list[str]  # the keys whose values differ between jobs
+    planned: list[list[str]] | None  # a grid's jobs, in Hydra's order
+    resume_key: str  # the study (journal#name), or a hash of the grid's jobs
+    run_name: str  # the parent run's, e.g. "sweep model.hidden x optimizer.lr (4 jobs)"
+    tags: dict[str, str]
+    params: dict[str, str]  # sweep.<key>: its values as written
+
+
+def plan_sweep(config: DictConfig) -> SweepPlan:
+    """The sweep's plan from its config; an Optuna search's settings are checked here, before
+    anything is opened, so one that cannot work leaves no run behind."""
+    sweeper = config.hydra.sweeper
+    search_space = dict(sweeper.get("params") or {})
+    arguments = job_overrides(config.hydra.overrides.task)
+    params = {f"sweep.{key}": value for key, value in (o.split("=", 1) for o in arguments
+                                                       if "=" in o)}
+    params |= {f"sweep.{key}": str(value) for key, value in search_space.items()}
+    tags = {"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])}
+    study = sweeper.get("study_name")
+    if study:
+        from cifar10_mlp.study import check_search
+
+        check_search(sweeper.objectives, sweeper.sampler, sweeper.pruner, sweeper.storage,
+                     sweeper.n_jobs, config.hydra.launcher._target_)
+        parser = OverridesParser.create()
+        swept = [*search_space, *(o.get_key_element() for o in parser.parse_overrides(arguments)
+                                  if o.is_sweep_override())]
+        tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
+                 "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner,
+                 SWEPT_KEYS_TAG: ",".join(swept)}
+        return SweepPlan(True, swept, None, f"{Path(sweeper.storage).resolve()}#{study}",
+                         f"search {study}: {' x '.join(swept)} ({sweeper.n_trials} trials)",
+                         tags, params)
+    planned = grid_jobs(search_space, arguments)
+    swept = [key for key, values in _values_by_key(planned).items() if len(set(values)) > 1]
+    key = "grid:" + hashlib.sha1(json.dumps(sorted(map(" ".join, planned))).encode()
+                                 ).hexdigest()[:16]
+    return SweepPlan(False, swept, planned, key,
+                     f"sweep {' x '.join(swept) or '(one job)'} ({len(planned)} jobs)",
+                     {**tags, SWEPT_KEYS_TAG: ",".join(swept)}, params)
+
+
+def _values_by_key(jobs: list[list[str]]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for job in jobs:
+        for key, _, value in (o.partition("=") for o in job):
+            values.setdefault(key, []).append(value)
+    return values
 
 
 def stop_open_sweep(reason: str) -> str | None:
@@ -187,41 +237,3 @@ def grid_jobs(params: dict[str, str], arguments: list[str]) -> list[list[str]]:
                        if override.is_sweep_override()
                        else [f"{key}={override.get_value_element_as_str()}"])
     return [list(job) for job in itertools.product(*values.values())]
-
-
-def report_sweep(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
-                 planned: list[list[str]] | None = None, end_as: str | None = None,
-                 stopped_by: str | None = None):
-    """Build the comparison report of a sweep, write it to ``out_dir`` and log it to the
-    parent, which then ends ``end_as`` (FINISHED; KILLED when ``stopped_by`` a signal;
-    None leaves its status); return the :class:`report.SweepReport`. Jobs left RUNNING by a
-    lost process end KILLED first."""
-    from cifar10_mlp import plots, report, sweep_store
-
-    sweep_store.end_lost_children(uri, parent_run_id, lost_after_s)
-    objectives = sweep_store.parent_tags(uri, parent_run_id).get("sweep_objectives")
-    outcome = report.build(sweep_store.sweep_children(uri, parent_run_id),
-                           json.loads(objectives) if objectives else None, planned)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [report.write_csv(outcome, out_dir / "runs.csv")]
-    (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
-    files.append(out_dir / "runs.md")
-    tags = {"sweep_summary": report.summary_line(outcome)}
-    if stopped_by:
-        tags["error"] = f"stopped by {stopped_by}"
-    metrics = {"n_finished": outcome.n_finished, "n_pruned": outcome.n_pruned,
-               "n_failed": outcome.n_failed}
-    if outcome.best is not None:
-        tags["best_run_id"] = outcome.best.run_id
-        metrics |= {f"best_{k}": v for k, v in outcome.best.metrics.items()
-                    if k in report.METRIC_COLUMNS}
-        matrix = sweep_store.download_artifact(uri, outcome.best.run_id,
-                                               "plots/confusion_matrix.png", out_dir)
-        if matrix is not None:
-            files.append(matrix.replace(out_dir / "best_confusion_matrix.png"))
-    figures = {"val_accuracy_by_hyperparameter.png": plots.hyperparameter_scatter(
-        outcome.rows, outcome.swept, report.SELECTION_METRIC)}
-    if len(outcome.objectives) > 1:
-        figures["pareto_front.png"] = plots.pareto_front(outcome.rows, outcome.objectives)
-    sweep_store.close_sweep(uri, parent_run_id, tags, metrics, files, figures, end_as)
-    return outcome

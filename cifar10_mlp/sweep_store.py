@@ -50,6 +50,7 @@ class ChildRun:
     error: str | None
     pruned_epoch: int | None = None  # FINISHED early: a pruner stopped it after this epoch
     overrides: str = ""  # the job's own overrides, which identify it within its sweep
+    experiment_id: str = ""
 
 
 def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
@@ -163,9 +164,17 @@ def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:
     return latest[0].info.run_id if latest else None
 
 
-def parent_tags(uri: str, parent_run_id: str) -> dict[str, str]:
-    """The tags of a sweep's parent run (its command, objectives, summary)."""
-    return dict(MlflowClient(uri).get_run(parent_run_id).data.tags)
+def parent_run(uri: str, parent_run_id: str) -> Run:
+    """A sweep's parent run: its command, objectives and swept values, start and end."""
+    return MlflowClient(uri).get_run(parent_run_id)
+
+
+def curves(uri: str, runs: list[ChildRun], key: str) -> dict[str, list[float]]:
+    """Each run's per-epoch values of metric ``key``, by run name."""
+    client = MlflowClient(uri)
+    return {run.name: [m.value for m in sorted(client.get_metric_history(run.run_id, key),
+                                               key=lambda m: m.step)]
+            for run in runs}
 
 
 def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
@@ -180,7 +189,7 @@ def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
                      (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time
                      else None, run.data.tags.get("error"),
                      int(run.data.tags[PRUNED_TAG]) if PRUNED_TAG in run.data.tags else None,
-                     run.data.tags.get("overrides", ""))
+                     run.data.tags.get("overrides", ""), run.info.experiment_id)
             for run in runs]
 
 

@@ -73,9 +73,10 @@ def uninterrupted() -> Iterator[None]:
 class TrackedRun:
     """An open MLflow run, with loggers for what training and evaluation produce."""
 
-    def __init__(self, run_id: str, tracking_uri: str):
+    def __init__(self, run_id: str, tracking_uri: str, experiment_id: str):
         self.run_id = run_id
         self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
 
     @uninterrupted()
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
@@ -169,7 +170,7 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
             elif "error" in active.data.tags:  # it goes on: no longer interrupted
                 MlflowClient().delete_tag(active.info.run_id, "error")
         try:
-            yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri))
+            yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri), experiment_id)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
             with uninterrupted():  # a second signal waits until the run is marked
                 mlflow.set_tag("error", "interrupted")

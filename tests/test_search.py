@@ -101,10 +101,11 @@ def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(sea
     trials = load_study(done.folder).trials
     assert [t.state for t in trials] == [State.PRUNED, State.PRUNED]
     client, (parent,), children = runs_of(f"sqlite:///{done.folder / 'mlflow.db'}", "tests")
-    by_name = {c.info.run_name: c for c in children}
+    by_name = {c.info.run_name.split(":")[0]: c for c in children}  # job N: its values
     assert len(by_name) == 2
     for trial in trials:
         pruned = by_name[f"job {trial.number}"]
+        assert f"model.hidden={trial.params['model.hidden']}" in pruned.info.run_name
         assert trial.user_attrs["mlflow_run_id"] == pruned.info.run_id
         assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "1"
         history = client.get_metric_history(pruned.info.run_id, "val_accuracy")
@@ -244,7 +245,7 @@ def test_parallel_trials_need_a_parallel_launcher():
 
 
 def summary(trial, **metrics):
-    return RunSummary(f"run-{trial}", "", {"selected_val_accuracy": trial / 10, **metrics})
+    return RunSummary(f"run-{trial}", "", "0", {"selected_val_accuracy": trial / 10, **metrics})
 
 
 class StandInLauncher:
@@ -303,7 +304,7 @@ def test_batched_trials_wait_for_the_slowest_of_their_batch(tmp_path):
 def test_each_job_outcome_becomes_its_trial_state_and_counts_towards_n_trials(tmp_path):
     outcomes = {
         0: summary(0),
-        1: RunSummary("run-1", "", {"selected_val_accuracy": 0.3}, pruned_epoch=2),
+        1: RunSummary("run-1", "", "0", {"selected_val_accuracy": 0.3}, pruned_epoch=2),
         2: float("nan"),  # what cifar10-mlp returns for a job that failed
         3: summary(3, selected_val_accuracy=float("nan")),  # no usable objective
     }

@@ -65,8 +65,14 @@ def test_parallel_grid_sweep_groups_runs_under_one_parent_with_a_report(tiny_cif
     assert parent.data.metrics["best_selected_val_accuracy"] == \
         best.data.metrics["selected_val_accuracy"]
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert report_files == {"report/runs.csv", "report/runs.md", "report/best_confusion_matrix.png",
-                            "report/val_accuracy_by_hyperparameter.png"}
+    assert {f"report/{name}" for name in (
+        "index.html", "runs.csv", "runs.md", "best_confusion_matrix.png",
+        "best_learning_curves.png", "validation_curves.png", "parallel_coordinates.png",
+        "val_accuracy_by_hyperparameter.png")} <= report_files
+    assert parent.info.run_name == "sweep model.hidden x optimizer.lr (4 jobs)"
+    assert {c.info.run_name.split(": ")[1] for c in children} == {
+        "model.hidden=[16] optimizer.lr=0.01", "model.hidden=[16] optimizer.lr=0.001",
+        "model.hidden=[32,16] optimizer.lr=0.01", "model.hidden=[32,16] optimizer.lr=0.001"}
     # the terminal shows the table: a header and one row per job
     assert "| run | status | model.hidden | optimizer.lr |" in done.stdout
     assert sum(line.startswith("| job ") for line in done.stdout.splitlines()) == 4
@@ -109,10 +115,11 @@ def test_a_job_lost_before_its_run_opened_is_recorded_failed_with_its_config(
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import open_dict
 
-    from cifar10_mlp.launch import PARENT_RUN_ENV
+    from cifar10_mlp.launch import PARENT_RUN_ENV, SWEPT_KEYS_ENV
     from cifar10_mlp.sweep import SweepTracker
 
     monkeypatch.setenv(PARENT_RUN_ENV, "")  # restored after the test
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "")
     job = ["optimizer.lr=0.01"]
     config = compose_config([*sweep_overrides(tiny_cifar, tmp_path), *job], with_hydra=True)
     with open_dict(config):
@@ -173,7 +180,7 @@ def test_ctrl_c_stops_a_joblib_grid_cleanly_and_sweep_resume_completes_it(tiny_c
     _, (parent,), children = runs_of(uri, "tests")
     assert parent.info.status == "KILLED" and len(children) == 4
     assert not [c for c in children if c.info.status == "RUNNING"]
-    by_job = {c.info.run_name: c for c in children}
+    by_job = {c.info.run_name.split(":")[0]: c for c in children}
     assert {n: by_job[n].info.status for n in by_job} == {
         "job 0": "FINISHED", "job 1": "FINISHED", "job 2": "KILLED", "job 3": "KILLED"}
     assert all((tmp_path / "checkpoints" / by_job[n].info.run_id).is_dir()
@@ -185,7 +192,7 @@ def test_ctrl_c_stops_a_joblib_grid_cleanly_and_sweep_resume_completes_it(tiny_c
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
     for child in children:  # the same runs, each epoch logged once
-        assert child.info.run_id == by_job[child.info.run_name].info.run_id
+        assert child.info.run_id == by_job[child.info.run_name.split(":")[0]].info.run_id
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
         assert sorted(steps) == list(range(1, int(child.data.params["trainer.epochs"]) + 1))
         assert "error" not in child.data.tags

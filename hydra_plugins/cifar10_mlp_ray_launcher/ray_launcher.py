@@ -67,9 +67,11 @@ class RayLauncherConf:
     init: RayInitConf = field(default_factory=RayInitConf)
     remote: RayRemoteConf = field(default_factory=RayRemoteConf)
     # environment variables of the launching shell that the jobs get on every node
-    # (the sweep's parent run id is set by the sweep callback before the launch)
+    # (the sweep's parent run id and swept keys are set by the sweep callback before the
+    # launch)
     forward_env: list[str] = field(default_factory=lambda: [
-        "CIFAR10_MLP_SWEEP_PARENT_RUN_ID", "CIFAR10_PATH", "MLFLOW_TRACKING_URI"])
+        "CIFAR10_MLP_SWEEP_PARENT_RUN_ID", "CIFAR10_MLP_SWEPT_KEYS", "CIFAR10_PATH",
+        "MLFLOW_TRACKING_URI"])
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf,

@@ -1,0 +1,142 @@
+"""A sweep's report, from its runs in the store: ``runs.csv``, ``runs.md``, figures and the page
+``index.html``, written to a folder and logged under the parent run's ``report/``.
+
+Written at the end of every multirun (and of a stopped one), and again by
+``cifar10-mlp-report``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+from cifar10_mlp import groups as seeds
+from cifar10_mlp import pages, plots, report, report_page, sweep_figures, sweep_store
+from cifar10_mlp.store import ui_url
+
+CAPTIONS = {
+    "validation_curves.png": "How the runs trained: validation accuracy per epoch",
+    "val_accuracy_by_hyperparameter.png": "Validation accuracy against each swept key",
+    "parallel_coordinates.png": "Parallel coordinates: the swept keys of each finished run",
+    "parameter_importance.png": "Which keys mattered: parameter importance (fANOVA)",
+    "optimization_history.png": "The search: best value so far, trial by trial",
+    "intermediate_values.png": "The search: validation accuracy per epoch, as the pruner saw it",
+    "pareto_front.png": "The Pareto front of the objectives",
+    "best_confusion_matrix.png": "The best run: test confusion matrix",
+    "best_learning_curves.png": "The best run: learning curves",
+}
+
+
+def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
+          planned: list[list[str]] | None = None, end_as: str | None = None,
+          stopped_by: str | None = None) -> report.SweepReport:
+    """Build the sweep's report, write it to ``out_dir`` and log it to the parent, which then
+    ends ``end_as`` (FINISHED; KILLED when ``stopped_by`` a signal; None leaves its status).
+    Jobs left RUNNING by a lost process end KILLED first."""
+    sweep_store.end_lost_children(uri, parent_run_id, lost_after_s)
+    parent = sweep_store.parent_run(uri, parent_run_id)
+    tags = parent.data.tags
+    children = sweep_store.sweep_children(uri, parent_run_id)
+    objectives = json.loads(tags["sweep_objectives"]) if "sweep_objectives" in tags else None
+    outcome = report.build(children, objectives, planned)
+    finished = [run for run in children if report.status(run) == "FINISHED"]
+    groups = seeds.seed_groups(finished, outcome.swept)
+    verdict = seeds.verdict(groups)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [report.write_csv(outcome, out_dir / "runs.csv")]
+    (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
+    files.append(out_dir / "runs.md")
+    figures = _figures(uri, tags, children, outcome)
+    best_images = _best_run_images(uri, outcome, out_dir)
+    files += [path for path in best_images.values()]
+    images = {**{CAPTIONS.get(name, name): pages.png(figure) for name, figure in figures.items()},
+              **{CAPTIONS[f"best_{name}"]: base64.b64encode(path.read_bytes()).decode()
+                 for name, path in best_images.items()}}
+    keys = tags.get("sweep_keys", "").split(",") if tags.get("sweep_keys") else outcome.swept
+    facts = report_page.SweepFacts(
+        title=parent.info.run_name, command=tags.get("sweep_command", ""),
+        swept={k: parent.data.params.get(f"sweep.{k}", "") for k in keys},
+        seconds=((parent.info.end_time or time.time() * 1000) - parent.info.start_time) / 1000,
+        links=_ui_links(uri, parent.info.experiment_id, children))
+    page = out_dir / "index.html"
+    page.write_text(report_page.render(facts, outcome, groups, verdict, images))
+    files.append(page)
+
+    summary_tags = {"sweep_summary": report.summary_line(outcome), "sweep_verdict": verdict}
+    if stopped_by:
+        summary_tags["error"] = f"stopped by {stopped_by}"
+    metrics = {"n_finished": outcome.n_finished, "n_pruned": outcome.n_pruned,
+               "n_failed": outcome.n_failed, "n_killed": outcome.n_interrupted}
+    if outcome.best is not None:
+        summary_tags["best_run_id"] = outcome.best.run_id
+        metrics |= {f"best_{k}": v for k, v in outcome.best.metrics.items()
+                    if k in report.METRIC_COLUMNS}
+    if groups and groups[0].n > 1:
+        metrics["best_group_mean_val_accuracy"] = groups[0].mean
+    sweep_store.close_sweep(uri, parent_run_id, summary_tags, metrics, files, figures, end_as)
+    return outcome
+
+
+def _figures(uri: str, tags: dict[str, str], children, outcome) -> dict:
+    """The page's figures by file name: curves, hyperparameters, parallel coordinates,
+    importance, a search's history, the Pareto front."""
+    pruned = {run.name for run in children if run.pruned_epoch is not None}
+    shown = [run for run in children if report.status(run) in ("FINISHED", report.PRUNED)]
+    figures = {
+        "validation_curves.png": plots.validation_curves(
+            sweep_store.curves(uri, shown, "val_accuracy"),
+            outcome.best.name if outcome.best else None, pruned),
+        "val_accuracy_by_hyperparameter.png": plots.hyperparameter_scatter(
+            outcome.rows, outcome.swept, report.SELECTION_METRIC)}
+    finished = [run for run in children if report.status(run) == "FINISHED"]
+    study = sweep_figures.runs_study(finished, [k for k in outcome.swept if k != "seed"],
+                                     report.SELECTION_METRIC)
+    if study is not None:
+        figures["parallel_coordinates.png"] = sweep_figures.parallel_coordinates(study)
+        importance = sweep_figures.importance(study)
+        if importance is not None:
+            figures["parameter_importance.png"] = importance
+    search = _search_study(tags)
+    if search is not None:
+        figures |= sweep_figures.search_history(search)
+    if len(outcome.objectives) > 1:
+        figures["pareto_front.png"] = plots.pareto_front(outcome.rows, outcome.objectives)
+    return figures
+
+
+def _search_study(tags: dict[str, str]):
+    """An Optuna search's study (its parent's resume key is ``<journal>#<study name>``)."""
+    key = tags.get(sweep_store.RESUME_KEY_TAG, "")
+    journal, _, name = key.rpartition("#")
+    if key.startswith("grid:") or not journal or not Path(journal).is_file():
+        return None
+    import optuna
+
+    from cifar10_mlp.study import open_storage
+
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(journal, "/"))
+    except KeyError:
+        return None
+
+
+def _best_run_images(uri: str, outcome, out_dir: Path) -> dict[str, Path]:
+    """The best run's confusion matrix and learning curves, copied beside the report."""
+    if outcome.best is None:
+        return {}
+    found = {}
+    for name in ("confusion_matrix.png", "learning_curves.png"):
+        path = sweep_store.download_artifact(uri, outcome.best.run_id, f"plots/{name}", out_dir)
+        if path is not None:
+            found[name] = path.replace(out_dir / f"best_{name}")
+    return found
+
+
+def _ui_links(uri: str, experiment_id: str, children) -> dict[str, str]:
+    """Each run's page in the MLflow UI, when the store is a tracking server."""
+    if not uri.startswith(("http://", "https://")):
+        return {}
+    return {run.name: ui_url(uri, experiment_id, run.run_id) for run in children}
