@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from cifar10_mlp.report import SELECTION_METRIC
 from cifar10_mlp.sweep_store import ChildRun
 
-# standard deviation of the default run's test accuracy over seeds 1, 2, 3 on the real data
-# (`cifar10-mlp -m seed=1,2,3`, README "Results"): a difference below it is not evidence
-DEFAULT_RUN_SEED_STD = 0.0045
+# standard deviations over seeds 1, 2, 3 of the default run on the real data
+# (`cifar10-mlp -m seed=1,2,3`, README "Results"): test accuracy 0.5846 / 0.5847 / 0.5892;
+# validation accuracy, whose split the seed also draws, 0.5818 / 0.5942 / 0.5982
+DEFAULT_RUN_SEED_STD = {"test": 0.0026, "validation": 0.0086}
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,13 @@ def verdict(groups: list[Group]) -> str:
     lead = best.mean - second.mean
     versus = f"Its lead over {second.label} ({_pm(second)}) is {lead * 100:.2f} points"
     if spread is None:
+        typical = DEFAULT_RUN_SEED_STD
         return (f"{head} {versus}. Each setting ran with one seed, so this sweep cannot measure "
-                f"seed noise: on the default run, seeds alone move test accuracy by "
-                f"{DEFAULT_RUN_SEED_STD * 100:.2f} points (one standard deviation), and a "
-                f"difference smaller than that is not evidence. Add seed=1,2,3 to the sweep to "
-                "tell.")
+                f"seed noise. On the default run, seeds alone move validation accuracy by "
+                f"{typical['validation'] * 100:.2f} points and test accuracy by "
+                f"{typical['test'] * 100:.2f} (one standard deviation over 3 seeds): a "
+                f"difference smaller than that is not evidence. Add seed=1,2,3 to the sweep "
+                "to tell.")
     margin = 2 * spread * math.sqrt(1 / best.n + 1 / second.n)
     real = lead > margin
     return (f"{head} {versus}; the seed spread here is {spread * 100:.2f} points, so a real lead "
