@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from pathlib import Path
 
 from cifar10_mlp import groups as seeds
 from cifar10_mlp import pages, plots, report, report_page, sweep_figures, sweep_store
 from cifar10_mlp.store import ui_url
+
+log = logging.getLogger(__name__)
 
 CAPTIONS = {
     "validation_curves.png": "How the runs trained: validation accuracy per epoch",
@@ -92,16 +95,19 @@ def _figures(uri: str, tags: dict[str, str], children, outcome) -> dict:
         "val_accuracy_by_hyperparameter.png": plots.hyperparameter_scatter(
             outcome.rows, outcome.swept, report.SELECTION_METRIC)}
     finished = [run for run in children if report.status(run) == "FINISHED"]
-    study = sweep_figures.runs_study(finished, [k for k in outcome.swept if k != "seed"],
-                                     report.SELECTION_METRIC)
-    if study is not None:
-        figures["parallel_coordinates.png"] = sweep_figures.parallel_coordinates(study)
-        importance = sweep_figures.importance(study)
-        if importance is not None:
-            figures["parameter_importance.png"] = importance
-    search = _search_study(tags)
-    if search is not None:
-        figures |= sweep_figures.search_history(search)
+    try:  # Optuna's plots: a figure it cannot draw for these runs leaves the page without it
+        study = sweep_figures.runs_study(finished, [k for k in outcome.swept if k != "seed"],
+                                         report.SELECTION_METRIC)
+        if study is not None:
+            figures["parallel_coordinates.png"] = sweep_figures.parallel_coordinates(study)
+            importance = sweep_figures.importance(study)
+            if importance is not None:
+                figures["parameter_importance.png"] = importance
+        search = _search_study(tags)
+        if search is not None:
+            figures |= sweep_figures.search_history(search)
+    except Exception as err:  # noqa: BLE001 - the report must not fail for a figure
+        log.warning("some of Optuna's figures were left out of the report: %s", err)
     if len(outcome.objectives) > 1:
         figures["pareto_front.png"] = plots.pareto_front(outcome.rows, outcome.objectives)
     return figures
