@@ -167,14 +167,11 @@ def report() -> None:
                         help="a RUNNING job silent this long (or whose process on this host "
                              "is gone) is ended KILLED: process lost")
     args = parser.parse_args()
-    from cifar10_mlp import report as tables
     from cifar10_mlp import sweep_report, sweep_store
 
     parent = sweep_store.find_sweep(args.tracking_uri, args.sweep)
     if parent is None:
         sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
                  f"{args.tracking_uri}")
-    outcome = sweep_report.write(args.tracking_uri, parent, args.out,
-                                 args.lost_after_minutes * 60)
-    print(f"\nSweep {parent}: {tables.summary_line(outcome)}\n{tables.to_markdown(outcome)}\n"
-          f"report: {args.out}\n")
+    print(sweep_report.write(args.tracking_uri, parent, args.out,
+                             args.lost_after_minutes * 60).text(parent))

@@ -39,6 +39,12 @@ class SweepReport:
                 "error"]
 
 
+def short_name(name: str) -> str:
+    """``job 3`` of ``job 3: model.hidden=[128] optimizer.lr=0.001`` (the table shows the
+    values in their own columns)."""
+    return name.split(": ")[0]
+
+
 def status(run: ChildRun) -> str:
     """The run's MLflow status, or PRUNED for a run a pruner stopped."""
     return PRUNED if run.pruned_epoch is not None else run.status
@@ -60,7 +66,7 @@ def build(children: list[ChildRun], objectives: dict[str, str] | None = None,
     front = pareto_front(finished, objectives) if len(objectives) > 1 else []
     on_front = {run.run_id for run in front}
     columns = [*METRIC_COLUMNS, *(m for m in objectives if m not in METRIC_COLUMNS)]
-    rows = [{"run": run.name, "status": status(run),
+    rows = [{"run": short_name(run.name), "status": status(run),
              **{k: run.params.get(k, "") for k in swept},
              **{m: run.metrics.get(m, "") for m in columns},
              **({"pareto": "yes" if run.run_id in on_front else ""} if len(objectives) > 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from cifar10_mlp import pages
 from cifar10_mlp.groups import Group
-from cifar10_mlp.report import SELECTION_METRIC, SweepReport
+from cifar10_mlp.report import SELECTION_METRIC, SweepReport, short_name
 
 BEST = ' class="best"'
 
@@ -63,7 +63,7 @@ def _runs_table(report: SweepReport, links: dict[str, str]) -> str:
     columns = ["run", "status", *report.swept, SELECTION_METRIC, "test_accuracy",
                "epochs_trained", "seconds", "error"]
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    best = report.best.name if report.best else None
+    best = short_name(report.best.name) if report.best else None
     rows = []
     for row in report.rows:
         cells = []

@@ -11,11 +11,12 @@ import base64
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cifar10_mlp import groups as seeds
 from cifar10_mlp import pages, plots, report, report_page, sweep_figures, sweep_store
-from cifar10_mlp.store import ui_url
+from cifar10_mlp.store import absolute_uri, ui_url, where_to_look
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,25 @@ CAPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Written:
+    """A sweep's report as written: the table, the verdict, where the page is."""
+
+    outcome: report.SweepReport
+    verdict: str
+    page: Path
+    where: str  # how to see the parent run in the MLflow UI
+
+    def text(self, parent_run_id: str) -> str:
+        """What the terminal shows: summary, table, verdict, the page, the UI."""
+        return (f"\nSweep {parent_run_id}: {report.summary_line(self.outcome)}\n"
+                f"{report.to_markdown(self.outcome)}\n\n{self.verdict}\n\n"
+                f"report: {self.page}\nsee it {self.where}\n")
+
+
 def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
           planned: list[list[str]] | None = None, end_as: str | None = None,
-          stopped_by: str | None = None) -> report.SweepReport:
+          stopped_by: str | None = None) -> Written:
     """Build the sweep's report, write it to ``out_dir`` and log it to the parent, which then
     ends ``end_as`` (FINISHED; KILLED when ``stopped_by`` a signal; None leaves its status).
     Jobs left RUNNING by a lost process end KILLED first."""
@@ -80,7 +97,8 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
     if groups and groups[0].n > 1:
         metrics["best_group_mean_val_accuracy"] = groups[0].mean
     sweep_store.close_sweep(uri, parent_run_id, summary_tags, metrics, files, figures, end_as)
-    return outcome
+    return Written(outcome, verdict, page, where_to_look(absolute_uri(uri),
+                                                         parent.info.experiment_id, parent_run_id))
 
 
 def _figures(uri: str, tags: dict[str, str], children, outcome) -> dict:
@@ -145,4 +163,5 @@ def _ui_links(uri: str, experiment_id: str, children) -> dict[str, str]:
     """Each run's page in the MLflow UI, when the store is a tracking server."""
     if not uri.startswith(("http://", "https://")):
         return {}
-    return {run.name: ui_url(uri, experiment_id, run.run_id) for run in children}
+    return {report.short_name(run.name): ui_url(uri, experiment_id, run.run_id)
+            for run in children}
