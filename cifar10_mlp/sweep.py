@@ -13,6 +13,7 @@ sweep continues with ``sweep.resume=true``; an Optuna search, by running it agai
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import itertools
 import json
@@ -45,6 +46,24 @@ class SweepError(UserError, CompactHydraException):
     """A sweep that cannot start as asked (Hydra prints the message alone)."""
 
 
+def _fails_the_sweep(hook):
+    """Hydra turns an exception raised by a callback into a warning and goes on: a sweep
+    that cannot start, or cannot write its report, must stop and say why instead."""
+
+    @functools.wraps(hook)
+    def checked(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except UserError as err:
+            raise SystemExit(f"cifar10-mlp: error: {err}") from err
+        except Exception as err:
+            log.exception("the sweep's %s failed", hook.__name__)
+            raise SystemExit(f"cifar10-mlp: the sweep's {hook.__name__} failed: "
+                             f"{type(err).__name__}: {err}") from err
+
+    return checked
+
+
 class SweepTracker(Callback):
     """Opens the sweep's parent run before the jobs, and closes it with a report after them."""
 
@@ -52,7 +71,9 @@ class SweepTracker(Callback):
         self.parent_run_id: str | None = None
         self.config: DictConfig | None = None
         self.planned: list[list[str]] | None = None  # a grid's jobs, in Hydra's order
+        self.n_unrecorded = 0  # lost jobs whose FAILED run could not be written
 
+    @_fails_the_sweep
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global _open_sweep
         # imported here, not at the top: Hydra builds callbacks for every run, and a
@@ -99,30 +120,33 @@ class SweepTracker(Callback):
         # the job's own overrides, as its run records them (not the sweeper's hydra.* ones)
         overrides = [o for o in job_overrides(job_return.overrides)
                      if not o.startswith(("hydra.", "hydra/"))]
-        sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id,
-                                    job_return._return_value)
+        try:
+            sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id,
+                                        job_return._return_value)
+        except Exception:  # the other jobs go on; the sweep fails at its end
+            log.exception("could not record the lost job as a FAILED run")
+            self.n_unrecorded += 1
 
+    @_fails_the_sweep
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
             return
-        from cifar10_mlp import report, sweep_report, sweep_store
-        from cifar10_mlp.store import where_to_look
+        from cifar10_mlp import sweep_report
 
-        outcome = sweep_report.write(config.tracking.uri, self.parent_run_id,
-                               Path(config.hydra.sweep.dir),
-                               config.tracking.lost_after_minutes * 60, self.planned,
-                               end_as="FINISHED")
+        written = sweep_report.write(config.tracking.uri, self.parent_run_id,
+                                     Path(config.hydra.sweep.dir),
+                                     config.tracking.lost_after_minutes * 60, self.planned,
+                                     end_as="FINISHED")
         self._close()
-        uri = config.tracking.uri
-        where = where_to_look(uri, sweep_store.parent_run(uri, self.parent_run_id).info
-                              .experiment_id, self.parent_run_id)
-        print(f"\nSweep {self.parent_run_id}: {report.summary_line(outcome)}\n"
-              f"{report.to_markdown(outcome)}\nreport: {config.hydra.sweep.dir}/index.html\n"
-              f"see it {where}\n")
+        print(written.text(self.parent_run_id))
+        outcome = written.outcome
         if outcome.n_failed:
             total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
             sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "
                      "report above and their runs' `error` tags")
+        if self.n_unrecorded:
+            sys.exit(f"cifar10-mlp: {self.n_unrecorded} sweep jobs were lost by their launcher "
+                     "and could not be recorded; see the errors above")
 
     def stop(self, reason: str) -> str:
         """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
@@ -133,9 +157,9 @@ class SweepTracker(Callback):
         config = self.config
         sweep_store.stop_children(config.tracking.uri, self.parent_run_id, reason)
         outcome = sweep_report.write(config.tracking.uri, self.parent_run_id,
-                               Path(config.hydra.sweep.dir),
-                               config.tracking.lost_after_minutes * 60, self.planned,
-                               end_as="KILLED", stopped_by=reason)
+                                     Path(config.hydra.sweep.dir),
+                                     config.tracking.lost_after_minutes * 60, self.planned,
+                                     end_as="KILLED", stopped_by=reason).outcome
         self._close()
         if self.planned is None:
             n_trials = config.hydra.sweeper.n_trials

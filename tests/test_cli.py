@@ -14,7 +14,8 @@ import pytest
 import yaml
 from conftest import tiny_overrides
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+
+from cifar10_mlp.store import open_experiment
 
 CLI = str(Path(sys.executable).parent / "cifar10-mlp")
 
@@ -26,11 +27,10 @@ def wait_for_epochs(process, client, epochs, timeout=240):
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert time.monotonic() < deadline, f"no {epochs} epochs logged in {timeout} s"
         time.sleep(0.5)
-        try:
-            experiment = client.get_experiment_by_name("tests")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        except MlflowException:  # the store is still being created
-            continue
+        # under the store's lock: the run may be creating the store right now, and two
+        # processes migrating one new SQLite file at once fail
+        experiment = open_experiment(client.tracking_uri, "tests", create=False)
+        runs = client.search_runs([experiment]) if experiment else []
         if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
             return runs[0].info.run_id
 

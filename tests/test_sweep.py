@@ -200,3 +200,21 @@ def test_ctrl_c_stops_a_joblib_grid_cleanly_and_sweep_resume_completes_it(tiny_c
         assert client.get_run(by_job[name].info.run_id).info.end_time == \
             by_job[name].info.end_time
     assert again.data.metrics["n_finished"] == 4
+
+    done = run("cifar10-mlp", [*args, "sweep.resume=true"], tmp_path)  # nothing left to resume
+    assert done.returncode == 1
+    assert (f"(the latest, run {parent.info.run_id}, finished)") in done.stderr
+    assert len(runs_of(uri, "tests")[2]) == 4  # no job ran
+
+
+def test_sweep_resume_without_an_earlier_sweep_stops_before_any_job(tiny_cifar, tmp_path):
+    done = run("cifar10-mlp", ["-m", *sweep_overrides(tiny_cifar, tmp_path), *GRID,
+                               "sweep.resume=true"], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "cifar10-mlp: error: sweep.resume=true: no interrupted sweep of these jobs in "
+        f"experiment 'tests' of sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "Launching" not in done.stdout + done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tests")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
