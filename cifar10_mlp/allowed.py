@@ -8,6 +8,7 @@ cannot slip through unnoticed (tests walk every leaf with :attr:`Rule.bad_value`
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,21 @@ def text(nullable: bool = False, prefixes: Sequence[str] = ()) -> Text:
     expected = (f"a URI starting with {', '.join(prefixes)}" if prefixes
                 else "a non-empty string")
     return Text(expected, nullable, tuple(prefixes))
+
+
+@dataclass(frozen=True)
+class Pattern(Rule):
+    """A string that matches ``regex`` as a whole; ``bad_value`` is one that does not."""
+
+    regex: str = ""
+    refused: str = ""
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
+
+    @property
+    def bad_value(self) -> Any:
+        return self.refused
 
 
 @dataclass(frozen=True)

@@ -108,8 +108,13 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
     from cifar10_mlp.store import where_to_look
 
     where = where_to_look(summary.tracking_uri, summary.experiment_id, summary.run_id)
+    model = (f"model {summary.model_uri}"
+             + (f", registered as {summary.registered}" if summary.registered else "")
+             + f"\ntry it: cifar10-mlp-predict {summary.model_uri} <image or folder> "
+               f"--tracking-uri {summary.tracking_uri}\n"
+             if summary.model_uri else "")
     print(f"\n{outcome}validation accuracy {metrics['selected_val_accuracy']:.4f}\n"
-          f"MLflow run {summary.run_id}\n"
+          f"MLflow run {summary.run_id}\n{model}"
           f"see it {where}")
     return summary
 
@@ -154,10 +159,15 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def tracking_defaults() -> DictConfig:
+    """``conf/tracking``'s defaults, for the commands that take no Hydra overrides."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config").tracking
+
+
 def report() -> None:
     """`cifar10-mlp-report`: compare the runs of a sweep (a parent run id or experiment name)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        tracking = compose(config_name="config").tracking  # the defaults of conf/tracking
+    tracking = tracking_defaults()
     parser = argparse.ArgumentParser(prog="cifar10-mlp-report", description=report.__doc__)
     parser.add_argument("sweep", help="parent run id, or an experiment name (its latest sweep)")
     parser.add_argument("--tracking-uri", default=tracking.uri)
@@ -175,3 +185,38 @@ def report() -> None:
                  f"{args.tracking_uri}")
     print(sweep_report.write(args.tracking_uri, parent, args.out,
                              args.lost_after_minutes * 60).text(parent))
+
+
+def predict() -> None:
+    """`cifar10-mlp-predict`: a trained model's top classes for your own PNG or JPEG pictures
+    (any size: the central square, resized to 32 x 32 RGB with Lanczos)."""
+    parser = argparse.ArgumentParser(prog="cifar10-mlp-predict", description=predict.__doc__)
+    parser.add_argument("model", help="models:/<model id>, models:/<name>@<alias>, "
+                                      "models:/<name>/<version>, runs:/<run id>/model, or a run id")
+    parser.add_argument("images", nargs="+", type=Path,
+                        help="image files, or folders (their .png, .jpg, .jpeg files)")
+    parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    parser.add_argument("--tracking-uri", default=tracking_defaults().uri,
+                        help="the MLflow store that holds the model (default: %(default)s)")
+    args = parser.parse_args()
+    if args.top < 1:
+        parser.error(f"--top {args.top}: expected at least 1")
+    from cifar10_mlp import predict as pictures
+    from cifar10_mlp import registry, runtime
+
+    files = pictures.image_files(args.images)
+    if not files:
+        sys.exit("cifar10-mlp-predict: no .png, .jpg or .jpeg files in "
+                 + ", ".join(map(str, args.images)))
+    runtime.start(0)  # TensorFlow's default threads
+    try:
+        model, class_names = registry.load(args.model, args.tracking_uri)
+    except UserError as err:
+        sys.exit(f"cifar10-mlp-predict: error: {err}")
+    predictions = pictures.predict_files(model, class_names, files, args.top)
+    for failed in (p for p in predictions if p.error):
+        print(f"cifar10-mlp-predict: {failed.file}: {failed.error}", file=sys.stderr)
+    print(pictures.render(predictions, args.json))
+    if any(p.error for p in predictions):
+        sys.exit(1)

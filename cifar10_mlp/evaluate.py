@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from cifar10_mlp.schema import TTA_MODES
+
 AVERAGES = ("macro avg", "weighted avg")
 
 
@@ -39,10 +41,22 @@ class Evaluation:
 
 
 def measure(model, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
-            batch_size: int) -> Evaluation:
-    """Predict ``x`` once with ``model`` and measure against ``y``."""
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+            batch_size: int, tta: str = "none") -> Evaluation:
+    """Predict ``x`` with ``model`` and measure against ``y``. ``tta="flip"`` (test-time
+    augmentation) averages the probabilities for each image and its left-right mirror."""
+    probabilities = predict(model, x, batch_size, tta)
     return from_probabilities(y, probabilities, class_names)
+
+
+def predict(model, x: np.ndarray, batch_size: int, tta: str = "none") -> np.ndarray:
+    """Class probabilities (N, n_classes) of uint8 images (N, 32, 32, 3)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta={tta!r}: expected one of {', '.join(TTA_MODES)}")
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    if tta == "flip":
+        mirrored = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
+        probabilities = (probabilities + mirrored) / 2
+    return probabilities
 
 
 def from_probabilities(y_true: np.ndarray, probabilities: np.ndarray,

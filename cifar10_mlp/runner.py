@@ -28,6 +28,8 @@ class RunSummary:
     experiment_id: str
     metrics: dict[str, float]
     pruned_epoch: int | None = None  # a search's pruner stopped the run after this epoch
+    model_uri: str | None = None  # models:/<id> of the model it logged
+    registered: str | None = None  # the registered version, e.g. "x version 3 (models:/x/3)"
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None,
@@ -71,34 +73,48 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                                 checkpoints, callbacks=[train.epoch_callback(run.log_epoch),
                                                         *([trial] if trial else [])])
         pruned_epoch = trial.pruned_epoch if trial else None
+        tta = cfg.evaluation.tta
+        untested = {}  # with test-time augmentation: the same model's test accuracy without
         with stopwatch(seconds, "evaluate"):
             val = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names,
-                                   cfg.trainer.batch_size)
+                                   cfg.trainer.batch_size, tta)
             if pruned_epoch is None:
-                log.info("evaluating on the test set; logging results")
+                log.info("evaluating on the test set%s; logging results",
+                         f" (test-time augmentation: {tta})" if tta != "none" else "")
                 test = evaluate.measure(mlp, split.x_test, split.y_test, split.class_names,
-                                        cfg.trainer.batch_size)
+                                        cfg.trainer.batch_size, tta)
+                if tta != "none":
+                    untested = {"test_accuracy_without_tta": evaluate.measure(
+                        mlp, split.x_test, split.y_test, split.class_names,
+                        cfg.trainer.batch_size).accuracy}
                 figures = plots.all_figures(test, history, split.x_test,
                                             cfg.evaluation.misclassified_grid)
             else:  # not selected: the test set is not spent on it
                 log.info("pruned after epoch %d: no test evaluation", pruned_epoch)
                 test, figures = None, {"learning_curves.png": plots.learning_curves(history)}
+        model_uri = registered = None
         with stopwatch(seconds, "logging"):
             run.log_figures(figures)
             if test is not None:
-                run.log_test(test)
+                run.log_test(test)  # before the model: its metrics are linked to it
                 if cfg.tracking.log_model:
-                    run.log_model(mlp, split.x_test[:5])
+                    model_uri = run.log_model(mlp, split.x_test[:5], split.class_names)
+                if cfg.tracking.registered_model and parent_run_id is None:  # a sweep: its best
+                    from cifar10_mlp import registry
+
+                    registered = str(registry.register(run.tracking_uri, model_uri,
+                                                       cfg.tracking.registered_model))
             else:
                 run.mark_pruned(pruned_epoch)
         metrics = {"selected_val_accuracy": val.accuracy,
                    "epochs_trained": len(history["loss"]),
-                   "trainable_params": model.trainable_parameters(mlp),
+                   "trainable_params": model.trainable_parameters(mlp), **untested,
                    **{f"time_{stage}_seconds": s for stage, s in seconds.items()}}
         run.log_metrics(metrics)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
     return RunSummary(run.run_id, run.tracking_uri, run.experiment_id,
-                      {**(test.metrics() if test is not None else {}), **metrics}, pruned_epoch)
+                      {**(test.metrics() if test is not None else {}), **metrics}, pruned_epoch,
+                      model_uri, registered)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from cifar10_mlp.allowed import (
     Flag,
     Items,
     OneOf,
+    Pattern,
     Range,
     allowed,
     at_least,
@@ -53,6 +54,7 @@ PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 SCHEDULE_NAMES = ("constant", "cosine", "step")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
+TTA_MODES = ("none", "flip")  # evaluation.tta: test-time augmentation
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal")
 # what a run logs per epoch on the validation split, and which way is better
 VALIDATION_METRICS = {"val_accuracy": "max", "val_loss": "min"}
@@ -163,6 +165,7 @@ class TrainerConfig:
 @dataclass
 class EvaluationConfig:
     misclassified_grid: int = allowed(at_least(1))
+    tta: str = allowed(one_of(TTA_MODES))
 
 
 @dataclass
@@ -180,6 +183,12 @@ class TrackingConfig:
     experiment: str = allowed(text())
     run_name: str | None = allowed(text(nullable=True))
     log_model: bool = allowed(Flag("true or false"))
+    # as the Model Registry takes them
+    registered_model: str | None = allowed(Pattern(
+        "a name without '/' or ':'", nullable=True, regex=r"[^/:]*[^/:\s][^/:]*", refused="a/b"))
+    registered_alias: str = allowed(Pattern(
+        "letters, digits, '_' and '-', other than 'latest' and v<number>",
+        regex=r"(?!(?i:latest)$)(?![vV]\d+$)[\w-]+", refused="v2"))
     lost_after_minutes: float = allowed(positive())
 
 
@@ -230,6 +239,9 @@ def validate(cfg: DictConfig) -> None:
         raise refuse("trainer.early_stopping.mode", stopping.mode,
                      f"{VALIDATION_METRICS[stopping.monitor]} for "
                      f"trainer.early_stopping.monitor={stopping.monitor}")
+    if cfg.tracking.registered_model is not None and not cfg.tracking.log_model:
+        raise refuse("tracking.registered_model", cfg.tracking.registered_model,
+                     "null when tracking.log_model=false (there is no model to register)")
     if cfg.schedule.warmup_epochs >= cfg.trainer.epochs:
         log.warning("schedule.warmup_epochs=%d is not shorter than trainer.epochs=%d: the "
                     "learning rate rises for the whole run and never reaches optimizer.lr=%g, "

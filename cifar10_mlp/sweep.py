@@ -140,6 +140,14 @@ class SweepTracker(Callback):
         self._close()
         print(written.text(self.parent_run_id))
         outcome = written.outcome
+        if config.tracking.registered_model and outcome.best is not None:
+            from cifar10_mlp import registry
+
+            registered = registry.register_best(
+                config.tracking.uri, self.parent_run_id, outcome.best.run_id,
+                config.tracking.registered_model, config.tracking.registered_alias)
+            print(f"the best run's model ({outcome.best.name.split(': ')[0]}): registered as "
+                  f"{registered}\n")
         if outcome.n_failed:
             total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
             sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import traceback
@@ -43,6 +42,10 @@ if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks ru
 MAX_TAG_LENGTH = 5000
 # tag of a run that an Optuna pruner stopped: the epoch it stopped after
 PRUNED_TAG = "pruned"
+# tag of a run that logged a model: its ``models:/<id>`` URI
+MODEL_URI_TAG = "model_uri"
+# key of a logged model's metadata (MLmodel) that lists its classes in output order
+CLASS_NAMES_KEY = "class_names"
 # versions recorded on every run, so a result can be traced and rerun
 TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
 
@@ -77,6 +80,7 @@ class TrackedRun:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
+        self.model_id: str | None = None  # its LoggedModel, once logged
 
     @uninterrupted()
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
@@ -110,7 +114,8 @@ class TrackedRun:
 
     @uninterrupted()
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, run_id=self.run_id)
+        """Metrics of the run, and of its model when it has logged one."""
+        mlflow.log_metrics(metrics, run_id=self.run_id, model_id=self.model_id)
 
     @uninterrupted()
     def log_missing_epochs(self, epochs: list[dict[str, float]]) -> None:
@@ -122,23 +127,25 @@ class TrackedRun:
                 mlflow.log_metrics(logs, step=step, run_id=self.run_id)
 
     @uninterrupted()
-    def log_model(self, model: keras.Model, input_example: np.ndarray) -> None:
-        """The Keras model, with a signature and an input example of raw uint8 images."""
-        # mlflow.keras.log_model(input_example=...) writes the example before it creates
-        # the model folder and fails (mlflow/mlflow#16183), so save into a folder of ours
-        # and log that folder as the run's `model` artifact.
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model"
-            path.mkdir()
-            mlflow.keras.save_model(
-                model,
-                str(path),
-                signature=infer_signature(input_example, model.predict(input_example, verbose=0)),
-                input_example=input_example,
-                # explicit requirements: inferring them costs ~10 s a run
-                pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras")],
-            )
-            mlflow.log_artifacts(str(path), "model", run_id=self.run_id)
+    def log_model(self, model: keras.Model, example: np.ndarray,
+                  class_names: Sequence[str]) -> str:
+        """The Keras model as the run's MLflow 3 LoggedModel (``models:/<id>``, on the
+        experiment's Models tab), with a signature of raw uint8 images and the class names
+        in its metadata; the test metrics logged before it are linked to it. Returns its URI.
+
+        No input example: ``log_model(input_example=...)`` writes the example before it
+        creates the model folder and fails (mlflow/mlflow#16183), leaving a second, empty
+        LoggedModel behind.
+        """
+        info = mlflow.keras.log_model(
+            model, name="model",
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            metadata={CLASS_NAMES_KEY: list(class_names)},
+            # explicit requirements: inferring them costs ~10 s a run
+            pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras")])
+        self.model_id = info.model_id
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+        return info.model_uri
 
 
 @contextmanager

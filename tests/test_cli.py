@@ -79,8 +79,8 @@ def test_one_run_logs_everything_and_the_model_loads(tiny_cifar, tmp_path):
     assert f"{metrics['test_accuracy']:.4f}" in done.stdout
     # artifacts: figures, config, report
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "classification_report.json", "confusion_matrix.json", "plots",
-            "model"} <= artifacts
+    assert {"config.yaml", "classification_report.json", "confusion_matrix.json",
+            "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/misclassified.png",
                      "plots/learning_curves.png"}
@@ -92,9 +92,11 @@ def test_one_run_logs_everything_and_the_model_loads(tiny_cifar, tmp_path):
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "cifar10"
     assert len(dataset_input.dataset.digest) == 16
-    # the model loads from MLflow and predicts on raw uint8 images
+    # the model (an MLflow 3 LoggedModel, tests/test_models.py) loads by the URI printed
+    # and predicts on raw uint8 images
     mlflow.set_tracking_uri(uri)
-    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    assert f"model {run.data.tags['model_uri']}\n" in done.stdout
+    model = mlflow.keras.load_model(run.data.tags["model_uri"])
     probs = model.predict(tiny_cifar.x_test[:4], verbose=0)
     assert probs.shape == (4, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

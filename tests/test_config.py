@@ -1,3 +1,4 @@
+import re
 import sys
 from dataclasses import is_dataclass
 from pathlib import Path
@@ -172,3 +173,23 @@ def test_the_early_stopping_direction_must_fit_its_metric():
         validate(compose_config(["trainer.early_stopping.monitor=val_loss"]))
     validate(compose_config(["trainer.early_stopping.monitor=val_loss",
                              "trainer.early_stopping.mode=min"]))
+
+
+def test_a_registered_model_needs_a_logged_model():
+    with pytest.raises(ConfigError, match="tracking.registered_model='x' is not allowed: "
+                                          "expected null when tracking.log_model=false"):
+        validate(compose_config(["tracking.registered_model=x", "tracking.log_model=false"]))
+    validate(compose_config(["tracking.registered_model=my mlp"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tracking.registered_model=team/mlp", "expected null or a name without '/' or ':'"),
+    ("tracking.registered_alias=latest", "expected letters, digits, '_' and '-', other than "
+                                         "'latest' and v<number>"),
+    ("tracking.registered_alias=V3", "other than 'latest' and v<number>"),
+    ("evaluation.tta=rotate", "evaluation.tta='rotate' is not allowed: expected one of none, "
+                              "flip"),
+])
+def test_registry_names_and_tta_are_checked_before_training(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_config([override]))

@@ -50,3 +50,26 @@ def test_a_class_never_seen_gets_zero_not_nan():
     result = from_probabilities(np.array([0, 0, 1]), probabilities(np.array([0, 1, 1])), NAMES)
     assert result.metrics()["test_recall_ship"] == 0.0
     assert result.confusion_normalized[2].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_flip_tta_averages_each_image_with_its_left_right_mirror():
+    import keras
+
+    from cifar10_mlp.evaluate import measure, predict
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    mirrored = images[:, :, ::-1]  # columns reversed: the left-right mirror
+    plain = model.predict(images, verbose=0)
+
+    averaged = predict(model, images, batch_size=4, tta="flip")
+    np.testing.assert_allclose(averaged, (plain + model.predict(mirrored, verbose=0)) / 2,
+                               rtol=1e-6)
+    assert not np.allclose(averaged, plain)  # a dense layer is not mirror-symmetric
+    np.testing.assert_array_equal(predict(model, images, batch_size=4), plain)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    assert measure(model, images, labels, NAMES, 4, "flip").probabilities.tolist() == \
+        averaged.tolist()

@@ -67,6 +67,7 @@ def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, trac
     done = run("cifar10-mlp", ["-m", *RAY, *overrides, "tracking=server",
                                f"tracking.uri={tracking_server}",
                                f"tracking.experiment={experiment}",
+                               f"tracking.registered_model={experiment}",
                                "optimizer.lr=0.01,0.001", "model.dropout=0.0,0.2"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -83,10 +84,16 @@ def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, trac
         assert 0 <= child.data.metrics["test_accuracy"] <= 1
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert plots == PLOTS
-        assert "model/MLmodel" in {a.path for a in client.list_artifacts(child.info.run_id,
-                                                                         "model")}
+        (model,) = client.search_logged_models(
+            [child.info.experiment_id], f"source_run_id = '{child.info.run_id}'")
+        assert child.data.tags["model_uri"] == f"models:/{model.model_id}"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/runs.csv", "report/best_confusion_matrix.png"} <= report
+    # the best child's model registered once, on the PostgreSQL-backed registry
+    (version,) = client.search_model_versions(f"name = '{experiment}'")
+    best = client.get_run(parent.data.tags["best_run_id"])
+    assert version.source == best.data.tags["model_uri"]
+    assert client.get_model_version_by_alias(experiment, "best").version == version.version
     # two jobs at a time: the later two found the arrays the first ones decoded
     later = [Path(p) for p in sorted((tmp_path / "multirun").glob("*/*/[23]/*.log"))]
     assert len(later) == 2

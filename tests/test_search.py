@@ -116,7 +116,9 @@ def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(sea
         assert pruned.data.metrics["epochs_trained"] == 1
         assert {a.path for a in client.list_artifacts(pruned.info.run_id, "plots")} == {
             "plots/learning_curves.png"}
-        assert not client.list_artifacts(pruned.info.run_id, "model")  # though log_model=true
+        assert "model_uri" not in pruned.data.tags  # no model, though log_model=true
+        assert not client.search_logged_models(
+            [pruned.info.experiment_id], f"source_run_id = '{pruned.info.run_id}'")
     parent = client.get_run(parent.info.run_id)
     assert (parent.data.metrics["n_finished"], parent.data.metrics["n_pruned"],
             parent.data.metrics["n_failed"]) == (0, 2, 0)
