@@ -74,7 +74,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                                                         *([trial] if trial else [])])
         pruned_epoch = trial.pruned_epoch if trial else None
         tta = cfg.evaluation.tta
-        untested = {}  # with test-time augmentation: the same model's test accuracy without
+        without_tta = {}  # with test-time augmentation: the same model's test accuracy without it
         with stopwatch(seconds, "evaluate"):
             val = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names,
                                    cfg.trainer.batch_size, tta)
@@ -84,7 +84,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                 test = evaluate.measure(mlp, split.x_test, split.y_test, split.class_names,
                                         cfg.trainer.batch_size, tta)
                 if tta != "none":
-                    untested = {"test_accuracy_without_tta": evaluate.measure(
+                    without_tta = {"test_accuracy_without_tta": evaluate.measure(
                         mlp, split.x_test, split.y_test, split.class_names,
                         cfg.trainer.batch_size).accuracy}
                 figures = plots.all_figures(test, history, split.x_test,
@@ -108,7 +108,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                 run.mark_pruned(pruned_epoch)
         metrics = {"selected_val_accuracy": val.accuracy,
                    "epochs_trained": len(history["loss"]),
-                   "trainable_params": model.trainable_parameters(mlp), **untested,
+                   "trainable_params": model.trainable_parameters(mlp), **without_tta,
                    **{f"time_{stage}_seconds": s for stage, s in seconds.items()}}
         run.log_metrics(metrics)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
