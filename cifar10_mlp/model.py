@@ -13,9 +13,11 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
           ) -> keras.Model:
     """Build the Keras MLP described by a ``model`` config node.
 
-    Training-time augmentation (``augment``) comes first, then the fitted preprocessing;
-    each hidden block is Dense -> [BatchNormalization] -> activation -> [Dropout];
-    ``seed`` makes the initial weights, augmentation and dropout reproducible.
+    Training-time augmentation (``augment``) comes first, then the fitted preprocessing.
+    ``block=dense``: each width in ``hidden`` is Dense -> [norm] -> activation -> [Dropout].
+    ``block=residual``: a Dense projection to the width, then one pre-norm inverted-bottleneck
+    block per entry of ``hidden`` (x + Dense(w)(Dropout(act(Dense(expansion * w)(norm(x)))))),
+    and a final norm. ``seed`` makes the initial weights, augmentation and dropout reproducible.
     """
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
     x = inputs
@@ -23,20 +25,37 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
                   *preprocess.as_layers(prep)]:
         x = layer(x)
     regularizer = keras.regularizers.L2(model_cfg.weight_decay) if model_cfg.weight_decay else None
-    for i, width in enumerate(model_cfg.hidden, start=1):
-        x = keras.layers.Dense(
-            width,
+
+    def dense(width: int, name: str, use_bias: bool = True, seed_offset: int = 0):
+        return keras.layers.Dense(
+            width, use_bias=use_bias, name=name, kernel_regularizer=regularizer,
+            kernel_initializer=_initializer(model_cfg.initializer, seed + seed_offset))
+
+    def dropout(i: int, name: str):
+        return keras.layers.Dropout(model_cfg.dropout, seed=seed + i, name=name)
+
+    if model_cfg.block == "dense":
+        for i, width in enumerate(model_cfg.hidden, start=1):
             # batch norm's own shift makes a bias redundant
-            use_bias=not model_cfg.batch_norm,
-            kernel_initializer=_initializer(model_cfg.initializer, seed + i),
-            kernel_regularizer=regularizer,
-            name=f"dense_{i}",
-        )(x)
-        if model_cfg.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"batch_norm_{i}")(x)
-        x = keras.layers.Activation(model_cfg.activation, name=f"{model_cfg.activation}_{i}")(x)
-        if model_cfg.dropout > 0:
-            x = keras.layers.Dropout(model_cfg.dropout, seed=seed + i, name=f"dropout_{i}")(x)
+            x = dense(width, f"dense_{i}", use_bias=model_cfg.norm != "batch", seed_offset=i)(x)
+            x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", x)
+            x = keras.layers.Activation(model_cfg.activation,
+                                        name=f"{model_cfg.activation}_{i}")(x)
+            if model_cfg.dropout > 0:
+                x = dropout(i, f"dropout_{i}")(x)
+    else:
+        width = model_cfg.hidden[0]
+        x = dense(width, "projection", seed_offset=1000)(x)
+        for i, _ in enumerate(model_cfg.hidden, start=1):
+            h = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", x)
+            h = dense(model_cfg.expansion * width, f"expand_{i}", seed_offset=2 * i)(h)
+            h = keras.layers.Activation(model_cfg.activation,
+                                        name=f"{model_cfg.activation}_{i}")(h)
+            if model_cfg.dropout > 0:
+                h = dropout(i, f"dropout_{i}")(h)
+            h = dense(width, f"contract_{i}", seed_offset=2 * i + 1)(h)
+            x = keras.layers.Add(name=f"residual_{i}")([x, h])
+        x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_out", x)
     outputs = keras.layers.Dense(
         n_classes,
         activation="softmax",
@@ -45,6 +64,15 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
         name="classifier",
     )(x)
     return keras.Model(inputs, outputs, name="cifar10_mlp")
+
+
+def _norm(kind: str, name: str, x):
+    """``x`` through batch or layer normalisation, or unchanged for ``none``."""
+    if kind == "batch":
+        return keras.layers.BatchNormalization(name=name)(x)
+    if kind == "layer":
+        return keras.layers.LayerNormalization(name=name)(x)
+    return x
 
 
 def trainable_parameters(model: keras.Model) -> int:

@@ -21,7 +21,8 @@ class Preprocessing:
     name: str
     mean: np.ndarray  # shape (3,) per channel or (3072,) per pixel, in pixel levels 0..255
     std: np.ndarray
-    whitening: np.ndarray | None = None  # (3072, 3072), applied after standardising
+    # applied after standardising: (3072, 3072) for ZCA, (3072, k) for PCA to k components
+    whitening: np.ndarray | None = None
 
 
 def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
@@ -35,10 +36,16 @@ def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
     if prep_cfg.name == "pixel_standardize":
         mean, var = _moments(flat)
         return Preprocessing("pixel_standardize", mean, _safe_std(var))
-    if prep_cfg.name == "zca":
+    if prep_cfg.name in ("zca", "pca"):
         mean, _ = _moments(flat)
-        return Preprocessing("zca", mean, np.full_like(mean, 255.0),
-                             _zca_matrix(flat, mean, prep_cfg.epsilon))
+        eigvals, eigvecs = _covariance_eigen(flat, mean)
+        scale = 1.0 / np.sqrt(np.maximum(eigvals, 0.0) + prep_cfg.epsilon)
+        if prep_cfg.name == "zca":  # U diag(1/sqrt(s + eps)) U^T: whitened, still an image
+            whitening = (eigvecs * scale) @ eigvecs.T
+        else:  # the top k components, whitened: k numbers per image instead of 3072
+            top = np.argsort(eigvals)[::-1][:prep_cfg.components]
+            whitening = eigvecs[:, top] * scale[top]
+        return Preprocessing(prep_cfg.name, mean, np.full_like(mean, 255.0), whitening)
     raise ValueError(f"preprocess.name={prep_cfg.name!r} is not a known preprocessing")
 
 
@@ -52,9 +59,10 @@ def as_layers(prep: Preprocessing) -> list:
         return [_normalization(prep), flatten]
     layers = [flatten, _normalization(prep)]
     if prep.whitening is not None:
-        n = prep.whitening.shape[0]
-        whiten = keras.layers.Dense(n, use_bias=False, trainable=False, name="zca_whitening")
-        whiten.build((None, n))
+        n_in, n_out = prep.whitening.shape
+        whiten = keras.layers.Dense(n_out, use_bias=False, trainable=False,
+                                    name=f"{prep.name}_whitening")
+        whiten.build((None, n_in))
         whiten.set_weights([prep.whitening.astype(np.float32)])
         layers.append(whiten)
     return layers
@@ -101,12 +109,11 @@ def _safe_std(var: np.ndarray) -> np.ndarray:
     return np.where(std > 0, std, 1.0)
 
 
-def _zca_matrix(flat: np.ndarray, mean: np.ndarray, epsilon: float) -> np.ndarray:
-    """ZCA matrix U diag(1/sqrt(s + eps)) U^T of the covariance of x/255."""
+def _covariance_eigen(flat: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues s and eigenvectors U (columns) of the covariance of x/255."""
     cov = np.zeros((flat.shape[1], flat.shape[1]))
     for start in range(0, len(flat), CHUNK):
         centred = ((flat[start:start + CHUNK] - mean) / 255.0).astype(np.float32)
         cov += centred.T @ centred  # float32 products, accumulated in float64
     cov /= len(flat)
-    eigvals, eigvecs = np.linalg.eigh(cov)
-    return (eigvecs * (1.0 / np.sqrt(np.maximum(eigvals, 0.0) + epsilon))) @ eigvecs.T
+    return np.linalg.eigh(cov)

@@ -50,11 +50,13 @@ CIFAR10_CLASSES = (
 )
 
 
-PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca")
+PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca", "pca")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 SCHEDULE_NAMES = ("constant", "cosine", "step")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
-TTA_MODES = ("none", "flip")  # evaluation.tta: test-time augmentation
+TTA_MODES = ("none", "flip")
+BLOCKS = ("dense", "residual")  # model.block
+NORMS = ("batch", "layer", "none")  # model.norm  # evaluation.tta: test-time augmentation
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal")
 # what a run logs per epoch on the validation split, and which way is better
 VALIDATION_METRICS = {"val_accuracy": "max", "val_loss": "min"}
@@ -86,6 +88,11 @@ class ZCAConfig(PreprocessConfig):
 
 
 @dataclass
+class PCAConfig(ZCAConfig):
+    components: int = allowed(Range("an integer in [1, 3072]", low=1, high=3072))
+
+
+@dataclass
 class AugmentConfig:
     horizontal_flip: bool = allowed(Flag("true or false"))
     translate: float = allowed(Range("a fraction of the image size in [0, 0.5)", low=0,
@@ -98,7 +105,9 @@ class ModelConfig:
                                       item=at_least(1)))
     activation: str = allowed(one_of(ACTIVATIONS))
     dropout: float = allowed(fraction())
-    batch_norm: bool = allowed(Flag("true or false"))
+    block: str = allowed(one_of(BLOCKS))
+    expansion: int = allowed(at_least(1))
+    norm: str = allowed(one_of(NORMS))
     weight_decay: float = allowed(Range(">= 0", low=0))
     initializer: str = allowed(one_of(INITIALIZERS))
 
@@ -220,6 +229,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, schema in (("config_schema", Config), ("data_schema", DataConfig),
                          ("preprocess_schema", PreprocessConfig), ("zca_schema", ZCAConfig),
+                         ("pca_schema", PCAConfig),
                          ("augment_schema", AugmentConfig), ("model_schema", ModelConfig),
                          ("sgd_schema", SGDConfig), ("adam_schema", AdamConfig),
                          ("adamw_schema", AdamWConfig), ("schedule_schema", ScheduleConfig),
@@ -239,6 +249,10 @@ def validate(cfg: DictConfig) -> None:
         raise refuse("trainer.early_stopping.mode", stopping.mode,
                      f"{VALIDATION_METRICS[stopping.monitor]} for "
                      f"trainer.early_stopping.monitor={stopping.monitor}")
+    if cfg.model.block == "residual" and len(set(cfg.model.hidden)) > 1:
+        raise refuse("model.hidden", list(cfg.model.hidden),
+                     "one width repeated (e.g. [512,512,512]) for model.block=residual: "
+                     "each block adds its output to its input")
     if cfg.tracking.registered_model is not None and not cfg.tracking.log_model:
         raise refuse("tracking.registered_model", cfg.tracking.registered_model,
                      "null when tracking.log_model=false (there is no model to register)")

@@ -105,3 +105,12 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
 @pytest.fixture
 def tiny_cfg(tiny_cifar, tmp_path) -> DictConfig:
     return compose_config(tiny_overrides(tiny_cifar, tmp_path))
+
+
+# the model, preprocessing and training options beyond the default run, as overrides on a
+# tiny run (each must train reproducibly and survive logging and loading)
+OPTION_VARIANTS = {
+    "pca": ["preprocess=pca", "preprocess.components=40"],
+    "residual_layer_norm": ["model.block=residual", "model.hidden=[32,32]", "model.norm=layer"],
+    "no_norm": ["model.norm=none"],
+}

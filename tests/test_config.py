@@ -92,8 +92,8 @@ def test_validate_names_key_value_and_what_is_allowed(override, message):
 
 
 # group options that bring keys the default composition lacks
-VARIANTS = [[], ["optimizer=sgd"], ["optimizer=adam"], ["preprocess=zca"], ["schedule=step"],
-            ["schedule=constant"], ["augment=flip_translate"]]
+VARIANTS = [[], ["optimizer=sgd"], ["optimizer=adam"], ["preprocess=zca"], ["preprocess=pca"],
+            ["schedule=step"], ["schedule=constant"], ["augment=flip_translate"]]
 
 
 def leaves(node, prefix=""):
@@ -193,3 +193,10 @@ def test_a_registered_model_needs_a_logged_model():
 def test_registry_names_and_tta_are_checked_before_training(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose_config([override]))
+
+
+def test_residual_blocks_need_one_width():
+    with pytest.raises(ConfigError, match=re.escape(
+            "model.hidden=[64, 32] is not allowed: expected one width repeated")):
+        validate(compose_config(["model.block=residual", "model.hidden=[64,32]"]))
+    validate(compose_config(["model.block=residual", "model.hidden=[64,64,64]"]))

@@ -7,8 +7,8 @@ from cifar10_mlp import model, preprocess
 
 
 def model_cfg(**changes):
-    base = {"hidden": [64, 32], "activation": "relu", "dropout": 0.0, "batch_norm": False,
-            "weight_decay": 0.0, "initializer": "he_normal"}
+    base = {"hidden": [64, 32], "block": "dense", "expansion": 4, "activation": "relu",
+            "dropout": 0.0, "norm": "none", "weight_decay": 0.0, "initializer": "he_normal"}
     return OmegaConf.create({**base, **changes})
 
 
@@ -37,9 +37,35 @@ def test_widths_and_parameter_count_follow_the_config():
 
 
 def test_batch_norm_replaces_biases_and_adds_scale_and_shift():
-    mlp = build(hidden=[128], batch_norm=True)
+    mlp = build(hidden=[128], norm="batch")
     assert trainable_count(mlp) == 3072 * 128 + 2 * 128 + (128 * 10 + 10)
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in mlp.layers)
+
+
+def test_layer_norm_keeps_biases_and_normalises_each_example():
+    mlp = build(hidden=[128], norm="layer")
+    assert trainable_count(mlp) == (3072 * 128 + 128) + 2 * 128 + (128 * 10 + 10)
+    (norm,) = [layer for layer in mlp.layers
+               if isinstance(layer, keras.layers.LayerNormalization)]
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    normalised = keras.Model(mlp.input, norm.output)(images).numpy()
+    np.testing.assert_allclose(normalised.mean(axis=1), 0, atol=1e-4)  # per example
+    np.testing.assert_allclose(normalised.std(axis=1), 1, atol=1e-2)
+
+
+def test_residual_blocks_are_pre_norm_inverted_bottlenecks_with_a_skip():
+    mlp = build(hidden=[32, 32, 32], block="residual", expansion=4, norm="layer", n_classes=3)
+    block = (2 * 32) + (32 * 128 + 128) + (128 * 32 + 32)  # norm, expand, contract
+    assert trainable_count(mlp) == (3072 * 32 + 32) + 3 * block + 2 * 32 + (32 * 3 + 3)
+    assert len([layer for layer in mlp.layers if isinstance(layer, keras.layers.Add)]) == 3
+    # with the inner layers zeroed each block is the identity: only the skips carry x
+    for layer in mlp.layers:
+        if layer.name.startswith("contract_"):
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    projected = keras.Model(mlp.input, mlp.get_layer("projection").output)(images)
+    blocks_out = keras.Model(mlp.input, mlp.get_layer("residual_3").output)(images)
+    np.testing.assert_allclose(blocks_out.numpy(), projected.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dropout, expected", [(0.0, 0), (0.3, 2)])

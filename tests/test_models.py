@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import OPTION_VARIANTS, compose_config, tiny_overrides
 from mlflow import MlflowClient
 from PIL import Image
 from test_sweep import runs_of, sweep_overrides
@@ -67,9 +67,12 @@ def test_the_run_model_is_a_logged_model_with_its_test_metrics_and_a_version(tra
 
 
 @pytest.mark.slow
-def test_the_logged_model_predicts_as_the_model_in_process(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("variant", [[], *OPTION_VARIANTS.values()],
+                         ids=["default", *OPTION_VARIANTS])
+def test_the_logged_model_predicts_as_the_model_in_process(variant, tiny_cifar, tmp_path):
     from cifar10_mlp import data, model, preprocess, tracking
 
+    tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
     split = data.load(tiny_cfg.data, tiny_cfg.seed)
     mlp = model.build(tiny_cfg.model, tiny_cfg.augment, len(split.class_names),
                       preprocess.fit(tiny_cfg.preprocess, split.x_train), tiny_cfg.seed)

@@ -60,3 +60,20 @@ def test_zca_whitens_the_training_data(splits):
     assert np.sum(eigvals > 0.99) == 63
     assert eigvals.max() < 1.01
     assert transform(prep, val).shape == (16, 3072)
+
+
+def test_pca_whitens_the_top_components_of_the_training_data(splits):
+    train, val = splits
+    prep = preprocess.fit(cfg("pca", epsilon=1e-6, components=20), train)
+    assert prep.whitening.shape == (3072, 20)
+    out = transform(prep, train).astype(np.float64)
+    assert out.shape == (64, 20)
+    # the 20 strongest directions, each scaled to unit variance and uncorrelated
+    np.testing.assert_allclose(np.cov(out, rowvar=False, bias=True), np.eye(20), atol=1e-3)
+    # they are ZCA's top directions: projecting ZCA's output onto them keeps the same variance
+    flat = train.reshape(len(train), -1) / 255.0
+    centred = flat - flat.mean(axis=0)
+    top = np.linalg.eigh(np.cov(centred, rowvar=False, bias=True))[1][:, ::-1][:, :20]
+    np.testing.assert_allclose(np.abs(prep.whitening / np.linalg.norm(prep.whitening, axis=0)),
+                               np.abs(top), atol=1e-4)
+    assert transform(prep, val).shape == (16, 20)

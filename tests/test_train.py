@@ -4,7 +4,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import compose_config, tiny_overrides
+from conftest import OPTION_VARIANTS, compose_config, tiny_overrides
 
 from cifar10_mlp import data, evaluate, model, preprocess, train
 
@@ -19,7 +19,10 @@ def fit_once(cfg, checkpoints=None, callbacks=()):
     return mlp, split, history
 
 
-def test_same_seed_gives_identical_metrics_and_weights(tiny_cfg):
+@pytest.mark.parametrize("variant", [[], *OPTION_VARIANTS.values()],
+                         ids=["default", *OPTION_VARIANTS])
+def test_same_seed_gives_identical_metrics_and_weights(variant, tiny_cifar, tmp_path):
+    tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
     first, split, history = fit_once(tiny_cfg)
     second, _, history_again = fit_once(tiny_cfg)
     for timing in (history, history_again):  # wall time is the one thing that may differ
