@@ -17,11 +17,13 @@ def build(optimizer_cfg) -> keras.optimizers.Optimizer:
     if cfg.name == "adam":
         return keras.optimizers.Adam(learning_rate=cfg.lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
                                      epsilon=cfg.epsilon)
-    if cfg.name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-                                           beta_1=cfg.beta_1, beta_2=cfg.beta_2,
-                                           epsilon=cfg.epsilon)
-        # decay kernels only: shrinking biases and batch-norm scales only hurts
+    if cfg.name in ("adamw", "lion"):
+        optimizer = (keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+                                            beta_1=cfg.beta_1, beta_2=cfg.beta_2,
+                                            epsilon=cfg.epsilon) if cfg.name == "adamw" else
+                     keras.optimizers.Lion(learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+                                           beta_1=cfg.beta_1, beta_2=cfg.beta_2))
+        # decay kernels only: shrinking biases and normalisation scales only hurts
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
         return optimizer
     raise ValueError(f"optimizer.name={cfg.name!r} is not a known optimizer")

@@ -51,7 +51,7 @@ CIFAR10_CLASSES = (
 
 
 PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca", "pca")
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "lion")
 SCHEDULE_NAMES = ("constant", "cosine", "step")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
 TTA_MODES = ("none", "flip")
@@ -131,6 +131,15 @@ class AdamConfig:
 
 @dataclass
 class AdamWConfig(AdamConfig):
+    weight_decay: float = allowed(Range(">= 0", low=0))
+
+
+@dataclass
+class LionConfig:
+    name: str = allowed(one_of(OPTIMIZER_NAMES))
+    lr: float = allowed(positive())
+    beta_1: float = allowed(fraction())
+    beta_2: float = allowed(fraction())
     weight_decay: float = allowed(Range(">= 0", low=0))
 
 
@@ -232,7 +241,8 @@ def register_configs() -> None:
                          ("pca_schema", PCAConfig),
                          ("augment_schema", AugmentConfig), ("model_schema", ModelConfig),
                          ("sgd_schema", SGDConfig), ("adam_schema", AdamConfig),
-                         ("adamw_schema", AdamWConfig), ("schedule_schema", ScheduleConfig),
+                         ("adamw_schema", AdamWConfig), ("lion_schema", LionConfig),
+                         ("schedule_schema", ScheduleConfig),
                          ("cosine_schema", CosineScheduleConfig),
                          ("step_schema", StepScheduleConfig), ("trainer_schema", TrainerConfig),
                          ("evaluation_schema", EvaluationConfig),

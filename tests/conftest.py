@@ -113,4 +113,5 @@ OPTION_VARIANTS = {
     "pca": ["preprocess=pca", "preprocess.components=40"],
     "residual_layer_norm": ["model.block=residual", "model.hidden=[32,32]", "model.norm=layer"],
     "no_norm": ["model.norm=none"],
+    "lion": ["optimizer=lion"],
 }

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -41,6 +42,7 @@ def test_step_multiplies_by_gamma_every_step_epochs():
     ("adam", {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}, "Adam"),
     ("adamw", {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.01},
      "AdamW"),
+    ("lion", {"beta_1": 0.9, "beta_2": 0.99, "weight_decay": 0.01}, "Lion"),
 ])
 def test_optimizer_matches_config(name, extra, cls):
     optimizer = build(OmegaConf.create({"name": name, "lr": 0.02, **extra}))
@@ -48,5 +50,15 @@ def test_optimizer_matches_config(name, extra, cls):
     assert float(optimizer.learning_rate) == pytest.approx(0.02)
     if name == "sgd":
         assert optimizer.nesterov and optimizer.momentum == 0.9
-    if name == "adamw":
+    if name in ("adamw", "lion"):
         assert optimizer.weight_decay == 0.01
+
+
+def test_lion_moves_each_weight_by_the_learning_rate_whatever_the_gradient_scale():
+    import keras
+
+    optimizer = build(OmegaConf.create({"name": "lion", "lr": 0.01, "beta_1": 0.9,
+                                        "beta_2": 0.99, "weight_decay": 0.0}))
+    weights = keras.Variable([1.0, -2.0, 3.0])
+    optimizer.apply_gradients([(keras.ops.convert_to_tensor([0.5, -1000.0, 1e-6]), weights)])
+    np.testing.assert_allclose(weights.numpy(), [0.99, -1.99, 2.99], rtol=1e-6)
