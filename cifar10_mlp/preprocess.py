@@ -69,11 +69,12 @@ def as_layers(prep: Preprocessing) -> list:
 
 
 def augmentation_layers(augment_cfg, seed: int) -> list:
-    """Random flips and translations of the raw image; Keras applies them only in training."""
+    """Random flips and translations of the raw image; Keras applies them only in training.
+    (Crops, alternating flips and mixing are done on the batches: ``batches.py``.)"""
     import keras
 
     layers = []
-    if augment_cfg.horizontal_flip:
+    if augment_cfg.flip == "random":
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="random_flip"))
     if augment_cfg.translate > 0:
         layers.append(keras.layers.RandomTranslation(

@@ -69,7 +69,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
             run.log_missing_epochs(train.read_checkpoint(checkpoints)["history"])
         trial = train.TrialReporter(report_to_trial) if report_to_trial else None
         with stopwatch(seconds, "train"):
-            history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed,
+            history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule,
+                                cfg.augment, cfg.seed,
                                 checkpoints, callbacks=[train.epoch_callback(run.log_epoch),
                                                         *([trial] if trial else [])])
         pruned_epoch = trial.pruned_epoch if trial else None

@@ -56,7 +56,8 @@ SCHEDULE_NAMES = ("constant", "cosine", "step")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
 TTA_MODES = ("none", "flip")
 BLOCKS = ("dense", "residual")  # model.block
-NORMS = ("batch", "layer", "none")  # model.norm  # evaluation.tta: test-time augmentation
+NORMS = ("batch", "layer", "none")  # model.norm
+FLIPS = ("none", "random", "alternating")  # augment.flip  # evaluation.tta: test-time augmentation
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal")
 # what a run logs per epoch on the validation split, and which way is better
 VALIDATION_METRICS = {"val_accuracy": "max", "val_loss": "min"}
@@ -94,7 +95,10 @@ class PCAConfig(ZCAConfig):
 
 @dataclass
 class AugmentConfig:
-    horizontal_flip: bool = allowed(Flag("true or false"))
+    flip: str = allowed(one_of(FLIPS))
+    crop_padding: int = allowed(Range("an integer in [0, 16]", low=0, high=16))
+    mixup_alpha: float = allowed(Range(">= 0", low=0))
+    cutmix_alpha: float = allowed(Range(">= 0", low=0))
     translate: float = allowed(Range("a fraction of the image size in [0, 0.5)", low=0,
                                      high=0.5, high_open=True))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar10_mlp import optim
+from cifar10_mlp import batches, optim
 from cifar10_mlp.data import DataSplit
 from cifar10_mlp.errors import UserError
 
@@ -132,10 +132,11 @@ def read_checkpoint(folder: Path) -> dict | None:
 
 
 def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedule_cfg,
-        seed: int, checkpoint_dir: Path, callbacks: Sequence[keras.callbacks.Callback] = ()
-        ) -> dict[str, list[float]]:
+        augment_cfg, seed: int, checkpoint_dir: Path,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
     """Train ``model`` on the split's training set, validating each epoch; return the
-    per-epoch logs of the whole run.
+    per-epoch logs of the whole run. Augmentations the model's own layers cannot do
+    (``batches.needed``) come from :class:`batches.AugmentedBatches`.
 
     The weights of the best epoch by ``trainer.early_stopping.monitor`` (a validation
     metric) are restored at the end, whether or not training stopped early. A checkpoint
@@ -169,14 +170,17 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
     if state:
         model.optimizer.build(model.trainable_variables)  # so its saved state has a home
         model.load_weights(checkpoint_dir / "last.keras")
+    targets = one_hot(split.y_train, n_classes)
+    training = ({"x": batches.AugmentedBatches(split.x_train, targets, trainer_cfg.batch_size,
+                                               augment_cfg, seed, first_epoch=len(history))}
+                if batches.needed(augment_cfg) else
+                {"x": split.x_train, "y": targets, "batch_size": trainer_cfg.batch_size,
+                 "shuffle": True})
     model.fit(
-        split.x_train,
-        one_hot(split.y_train, n_classes),
-        batch_size=trainer_cfg.batch_size,
+        **training,
         epochs=trainer_cfg.epochs,
         initial_epoch=len(history),
         validation_data=(split.x_val, one_hot(split.y_val, n_classes)),
-        shuffle=True,
         callbacks=[LearningRateSetter(schedule, steps_per_epoch), StopOnDivergence(), EpochTimer(),
                    best_epoch, Checkpointer(checkpoint_dir, best_epoch, history), *callbacks],
         verbose=trainer_cfg.verbose,

@@ -114,4 +114,5 @@ OPTION_VARIANTS = {
     "residual_layer_norm": ["model.block=residual", "model.hidden=[32,32]", "model.norm=layer"],
     "no_norm": ["model.norm=none"],
     "lion": ["optimizer=lion"],
+    "crop_flip_mix": ["augment=crop_flip", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
 }

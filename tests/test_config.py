@@ -94,7 +94,7 @@ def test_validate_names_key_value_and_what_is_allowed(override, message):
 # group options that bring keys the default composition lacks
 VARIANTS = [[], ["optimizer=sgd"], ["optimizer=adam"], ["optimizer=lion"], ["preprocess=zca"],
             ["preprocess=pca"], ["schedule=step"], ["schedule=constant"],
-            ["augment=flip_translate"]]
+            ["augment=flip_translate"], ["augment=crop_flip"]]
 
 
 def leaves(node, prefix=""):

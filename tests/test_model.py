@@ -12,7 +12,7 @@ def model_cfg(**changes):
     return OmegaConf.create({**base, **changes})
 
 
-NO_AUGMENTATION = OmegaConf.create({"horizontal_flip": False, "translate": 0.0})
+NO_AUGMENTATION = OmegaConf.create({"flip": "none", "translate": 0.0})
 
 
 def build(n_classes=10, augment=NO_AUGMENTATION, **changes):
@@ -95,7 +95,7 @@ def test_same_seed_same_initial_weights():
 
 
 def test_augmentation_acts_in_training_only():
-    augment = OmegaConf.create({"horizontal_flip": True, "translate": 0.2})
+    augment = OmegaConf.create({"flip": "random", "translate": 0.2})
     mlp = build(augment=augment)
     assert {"random_flip", "random_translation"} <= {layer.name for layer in mlp.layers}
     images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
@@ -110,5 +110,5 @@ def test_augmentation_acts_in_training_only():
 
 def test_augmentation_leaves_the_weights_unchanged():
     plain = build()
-    augmented = build(augment=OmegaConf.create({"horizontal_flip": True, "translate": 0.1}))
+    augmented = build(augment=OmegaConf.create({"flip": "random", "translate": 0.1}))
     assert trainable_count(plain) == trainable_count(augmented)

@@ -14,7 +14,8 @@ def fit_once(cfg, checkpoints=None, callbacks=()):
     prep = preprocess.fit(cfg.preprocess, split.x_train)
     mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
     folder = checkpoints or Path(tempfile.mkdtemp())
-    history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.seed, folder,
+    history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.augment,
+                        cfg.seed, folder,
                         callbacks)
     return mlp, split, history
 

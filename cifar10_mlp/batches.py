@@ -1,0 +1,105 @@
+"""Training batches with the augmentations a model layer cannot do: random crops of a padded
+image (a different offset per image), alternating flips, MixUp and CutMix (which mix labels).
+
+They run in numpy on uint8 batches, so the logged model stays free of them and takes plain
+images. Every batch draws from a generator seeded by (seed, epoch, batch), so a run is
+reproducible whatever order the batches are prepared in, and a resumed run sees the batches
+it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+
+def needed(augment_cfg) -> bool:
+    """Whether the config asks for any augmentation done here rather than in the model."""
+    return (augment_cfg.crop_padding > 0 or augment_cfg.flip == "alternating"
+            or augment_cfg.mixup_alpha > 0 or augment_cfg.cutmix_alpha > 0)
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """(images uint8, soft one-hot labels) batches of a shuffled training set, per epoch."""
+
+    def __init__(self, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int, augment_cfg,
+                 seed: int, first_epoch: int = 0):
+        super().__init__()
+        self.cfg = augment_cfg
+        self.x, self.y = x, y_one_hot
+        self.batch_size = batch_size
+        self.seed = seed
+        pad = augment_cfg.crop_padding
+        # reflected borders, padded once: a crop is then a window at a random offset
+        self.padded = (np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+                       if pad else x)
+        # alternating flips: each image starts flipped or not at random, then alternates
+        self.flip_phase = np.random.default_rng([seed, 1]).integers(0, 2, len(x)).astype(bool)
+        self.epoch = first_epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The shuffled order of the training images in ``epoch``."""
+        return np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.x))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.batch(self.epoch, index)
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of ``epoch``."""
+        rng = np.random.default_rng([self.seed, 3, epoch, index])
+        ids = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        images, labels = self._crops(ids, rng), self.y[ids]
+        if self.cfg.flip == "alternating":
+            flipped = self.flip_phase[ids] ^ bool(epoch % 2)
+            images[flipped] = images[flipped, :, ::-1]
+        mixes = [(mix, alpha) for mix, alpha in ((mixup, self.cfg.mixup_alpha),
+                                                 (cutmix, self.cfg.cutmix_alpha)) if alpha > 0]
+        if mixes:  # with both asked for, each batch uses one of them, chosen at random
+            mix, alpha = mixes[rng.integers(len(mixes))]
+            images, labels = mix(images, labels, alpha, rng)
+        return images, labels
+
+    def _crops(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pad = self.cfg.crop_padding
+        if not pad:
+            return self.x[ids].copy()
+        size = self.x.shape[1]
+        top, left = rng.integers(0, 2 * pad + 1, (2, len(ids)))
+        rows = (top[:, None] + np.arange(size))[:, :, None]
+        cols = (left[:, None] + np.arange(size))[:, None, :]
+        return self.padded[ids[:, None, None], rows, cols]
+
+
+def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """MixUp (Zhang et al. 2018): each image and label blended with another's of the batch,
+    with one weight lambda ~ Beta(alpha, alpha) for the batch."""
+    lam = rng.beta(alpha, alpha)
+    partner = rng.permutation(len(images))
+    blended = lam * images.astype(np.float32) + (1 - lam) * images[partner]
+    return (np.rint(blended).astype(np.uint8),
+            (lam * labels + (1 - lam) * labels[partner]).astype(np.float32))
+
+
+def cutmix(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """CutMix (Yun et al. 2019): a box of another image of the batch pasted in, the labels
+    weighted by the areas (lambda ~ Beta(alpha, alpha) sets the box's size)."""
+    size = images.shape[1]
+    lam = rng.beta(alpha, alpha)
+    side = int(round(size * math.sqrt(1 - lam)))
+    top, left = rng.integers(0, size - side + 1, 2) if side < size else (0, 0)
+    partner = rng.permutation(len(images))
+    mixed = images.copy()
+    mixed[:, top:top + side, left:left + side] = images[partner, top:top + side,
+                                                        left:left + side]
+    kept = 1 - side * side / (size * size)  # the area actually pasted over
+    return mixed, (kept * labels + (1 - kept) * labels[partner]).astype(np.float32)
