@@ -36,3 +36,27 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1
     assert "| hidden | batch | params | samples/s | GFLOP/s | of peak |" in done.stdout
     assert "| fast_mlp |" in done.stdout
+
+
+@pytest.mark.slow
+def test_ablations_run_each_technique_against_best_mlp_and_time_it_by_the_default(
+        tiny_cifar, tmp_path):
+    script = SCRIPT.with_name("ablations.py")
+    out = tmp_path / "ablations.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data", str(tiny_cifar.archive), "--epochs", "1",
+         "--only", "tta_flip,pca", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["default run", "best_mlp", "tta_flip", "pca"]
+    assert rows["pca"]["overrides"] == ["experiment=best_mlp", "trainer.epochs=1",
+                                        "preprocess=pca"]
+    assert rows["tta_flip"]["test_accuracy_without_tta"] is not None
+    for name, row in rows.items():
+        multiple = row["train_seconds"] / rows["default run"]["train_seconds"]
+        assert f"| {name} | {row['test_accuracy']:.4f} |" in done.stdout
+        assert f"| {multiple:.2f} |" in done.stdout.split(f"| {name} |")[1].splitlines()[0]
+    done = subprocess.run([sys.executable, str(script), "--data", "x", "--only", "magic"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--only: unknown magic; known: pca," in done.stderr

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""What each technique adds on its own: `best_mlp` with one change at a time, all on the same
+(shorter) schedule, against `best_mlp` itself, with the default run trained in the same
+invocation as the time reference.
+
+    python scripts/ablations.py --epochs 8                 # real data from $CIFAR10_PATH
+    python scripts/ablations.py --epochs 8 --only pca,lion --out ablations.json
+
+Training seconds are also given as a multiple of the default run's training seconds measured
+here: these machines are shared and their speed varies 2x between sessions; the multiple does
+not. One run per row: differences below the seed spread (README, "Seed spread") are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark import cli_run  # noqa: E402
+
+# one change each against best_mlp
+TECHNIQUES = {
+    "pca": ["preprocess=pca"],
+    "crop_flip": ["augment=crop_flip"],
+    "mixup": ["augment.mixup_alpha=0.2"],
+    "cutmix": ["augment.cutmix_alpha=1.0"],
+    "residual": ["model.block=residual", "model.hidden=[512,512,512]", "model.norm=layer"],
+    "lion": ["optimizer=lion"],
+    "tta_flip": ["evaluation.tta=flip"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("CIFAR10_PATH"),
+                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")
+    parser.add_argument("--epochs", type=int, default=8,
+                        help="epochs of every best_mlp variant (the default run keeps its own)")
+    parser.add_argument("--only", default=",".join(TECHNIQUES),
+                        help="','-separated techniques to run: " + ", ".join(TECHNIQUES))
+    parser.add_argument("--out", type=Path, default=Path("ablations.json"))
+    args = parser.parse_args()
+    if not args.data:
+        parser.error("give --data or set CIFAR10_PATH")
+    unknown = set(args.only.split(",")) - set(TECHNIQUES)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; "
+                     f"known: {', '.join(TECHNIQUES)}")
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        common = [f"data.path={args.data}", f"data.cache_dir={workdir / 'cache'}",
+                  "tracking.log_model=false"]
+        base = ["experiment=best_mlp", f"trainer.epochs={args.epochs}"]
+        plan = {"default run": [], "best_mlp": base,
+                **{name: [*base, *TECHNIQUES[name]] for name in args.only.split(",")}}
+        for name, overrides in plan.items():
+            print(f"{name}: {' '.join(overrides) or '(defaults)'} ...", flush=True)
+            metrics = cli_run([*common, *overrides], workdir)["metrics"]
+            rows[name] = {"overrides": overrides, "test_accuracy": metrics["test_accuracy"],
+                          "train_seconds": metrics["time_train_seconds"],
+                          "test_accuracy_without_tta": metrics.get("test_accuracy_without_tta")}
+            args.out.write_text(json.dumps(rows, indent=2))  # what is done survives a stop
+    reference = rows["default run"]["train_seconds"]
+    base_accuracy = rows["best_mlp"]["test_accuracy"]
+    print(f"\n| run | test accuracy | vs best_mlp ({args.epochs} epochs) | training s "
+          "| x default run's training |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        delta = "" if name == "default run" else \
+            f"{100 * (row['test_accuracy'] - base_accuracy):+.2f} points"
+        print(f"| {name} | {row['test_accuracy']:.4f} | {delta} | {row['train_seconds']:.0f} "
+              f"| {row['train_seconds'] / reference:.2f} |")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
