@@ -75,6 +75,27 @@ def _norm(kind: str, name: str, x):
     return x
 
 
+def matmul_flops(model: keras.Model) -> dict[str, int]:
+    """Floating-point operations per image in the model's Dense layers (all but a sliver
+    of its work), as computed, not as 6 x parameters: ``inference`` is the forward pass
+    (2 per weight); ``train`` adds, per trainable weight, 2 for its gradient and 2 for the
+    gradient of the layer's input, except in the first trainable layer, whose input needs
+    none; fixed layers before it (ZCA or PCA whitening) run forward only."""
+    inference = train = 0
+    first = True
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Dense):
+            continue
+        weights = int(np.prod(layer.kernel.shape))
+        inference += 2 * weights
+        if not layer.trainable:
+            train += 2 * weights
+        else:
+            train += (4 if first else 6) * weights
+            first = False
+    return {"inference": inference, "train": train}
+
+
 def trainable_parameters(model: keras.Model) -> int:
     """Weights that training updates (fixed preprocessing and batch-norm statistics aside)."""
     return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)

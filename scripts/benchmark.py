@@ -7,7 +7,11 @@ loading, the framework's own overhead, and the presets' time to accuracy.
     python scripts/benchmark.py --presets '' --overrides trainer.batch_size=128  # compare
 
 Timings are medians over --repeats; ratios (achieved / peak) are measured in the same run.
-Achieved GFLOP/s counts 6 x trainable parameters x samples (forward 2, backward 4 per weight).
+Achieved GFLOP/s counts what is computed (``model.matmul_flops``): forward 2 per weight;
+backward 4 per trainable weight, 2 in the first trainable layer (no input gradient); fixed
+whitening forward only; for presets, each epoch's validation pass (forward only) too.
+Each preset's training time is also given as a multiple of the default run's, trained in
+the same invocation (the machines are shared; their speed varies 2x, the multiple does not).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, ep
     seconds = median_seconds(fit, repeats) / epochs
     params = sum(int(np.prod(w.shape)) for w in mlp.trainable_weights)
     samples_per_second = len(x) / seconds
-    achieved = 6 * params * samples_per_second / 1e9
+    achieved = model.matmul_flops(mlp)["train"] * samples_per_second / 1e9
     return {"hidden": hidden, "batch_size": cfg.trainer.batch_size, "params": params,
             "samples_per_second": samples_per_second, "gflops": achieved,
             "ratio_to_peak": achieved / peak,
@@ -119,6 +123,7 @@ def cli_run(overrides: list[str], workdir: Path) -> dict:
     epochs = client.get_metric_history(run.info.run_id, "epoch_seconds")
     val = client.get_metric_history(run.info.run_id, "val_accuracy")
     return {"wall_seconds": wall, "metrics": dict(run.data.metrics),
+            "split": (int(run.data.params["split.n_train"]), int(run.data.params["split.n_val"])),
             "epoch_seconds": [m.value for m in sorted(epochs, key=lambda m: m.step)],
             "val_accuracy": [m.value for m in sorted(val, key=lambda m: m.step)]}
 
@@ -142,19 +147,42 @@ def overhead(path: str, cache: str, workdir: Path, repeats: int) -> dict[str, fl
     }
 
 
-def preset(name: str, path: str, cache: str, workdir: Path) -> dict:
-    """A preset's test accuracy, training time and the time its validation accuracy took."""
-    result = cli_run([f"data.path={path}", f"data.cache_dir={cache}", f"experiment={name}",
+def preset(name: str, path: str, cache: str, workdir: Path, peak: float) -> dict:
+    """A preset's (``default``: no preset) test accuracy, training time, the time its
+    validation accuracy took, and the GFLOP/s its training achieved."""
+    chosen = [] if name == "default" else [f"experiment={name}"]
+    result = cli_run([f"data.path={path}", f"data.cache_dir={cache}", *chosen,
                       "tracking.log_model=false"], workdir)
     elapsed = np.cumsum(result["epoch_seconds"])
     best = max(result["val_accuracy"])
     reached = next(i for i, v in enumerate(result["val_accuracy"]) if v >= 0.99 * best)
-    return {"test_accuracy": result["metrics"]["test_accuracy"],
-            "train_seconds": result["metrics"]["time_train_seconds"],
+    metrics = result["metrics"]
+    flops = preset_flops([*chosen, f"data.path={path}", f"data.cache_dir={cache}"])
+    n_train, n_val = result["split"]
+    computed = (flops["train"] * n_train + flops["inference"] * n_val) * len(elapsed)
+    achieved = computed / metrics["time_train_seconds"] / 1e9
+    return {"test_accuracy": metrics["test_accuracy"],
+            "train_seconds": metrics["time_train_seconds"],
             "epochs": len(elapsed),
             "best_val_accuracy": best,
             "seconds_to_99pct_of_best_val": float(elapsed[reached]),
+            "gflops": achieved, "ratio_to_peak": achieved / peak,
             "wall_seconds": result["wall_seconds"]}
+
+
+def preset_flops(overrides: list[str]) -> dict[str, int]:
+    """``model.matmul_flops`` of the model a config builds (its fixed whitening with the
+    fitted shape; the values do not change the count)."""
+    from cifar10_mlp import model, preprocess
+
+    cfg = compose(overrides)
+    pixels = 32 * 32 * 3
+    whitening = {"zca": np.zeros((pixels, pixels)),
+                 "pca": np.zeros((pixels, cfg.preprocess.get("components", 0)))}
+    prep = preprocess.Preprocessing(cfg.preprocess.name, np.zeros(pixels), np.ones(pixels),
+                                    whitening.get(cfg.preprocess.name))
+    n_classes = len(cfg.data.classes) if cfg.data.classes else 10
+    return model.matmul_flops(model.build(cfg.model, cfg.augment, n_classes, prep, cfg.seed))
 
 
 def main() -> None:
@@ -168,7 +196,8 @@ def main() -> None:
     parser.add_argument("--widths", default="1024-512-256;512;2048-1024;2048-2048-2048",
                         help="';'-separated hidden widths to measure (the first is the default)")
     parser.add_argument("--presets", default="fast_mlp",
-                        help="','-separated experiment presets to train in full ('' for none)")
+                        help="','-separated experiment presets to train in full, after the "
+                             "default run, their time unit ('' for none)")
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="config overrides for the throughput runs, e.g. "
                              "trainer.batch_size=128 trainer.jit_compile=true")
@@ -196,9 +225,13 @@ def main() -> None:
         print("framework overhead ...", flush=True)
         report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
         report["presets"] = {}
-        for name in filter(None, args.presets.split(",")):
+        names = list(filter(None, args.presets.split(",")))
+        for name in ["default", *names] if names else []:  # the default run: the time unit
             print(f"preset {name} ...", flush=True)
-            report["presets"][name] = preset(name, args.data, cache, workdir)
+            report["presets"][name] = preset(name, args.data, cache, workdir, peak)
+            report["presets"][name]["train_multiple_of_default"] = (
+                report["presets"][name]["train_seconds"]
+                / report["presets"]["default"]["train_seconds"])
     args.out.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"\nwritten to {args.out}")
@@ -221,11 +254,14 @@ def print_table(report: dict) -> None:
           f"{o['overhead_seconds']:.1f} s, of which MLflow logging "
           f"{o['mlflow_logging_seconds']:.1f} s and data {o['data_seconds']:.1f} s")
     if report["presets"]:
-        print("\n| preset | test accuracy | training s | epochs | s to 99% of best val |")
-        print("| --- | --- | --- | --- | --- |")
+        print("\n| preset | test accuracy | training s | x default's training | epochs "
+              "| s to 99% of best val | GFLOP/s | of peak |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, p in report["presets"].items():
             print(f"| {name} | {p['test_accuracy']:.4f} | {p['train_seconds']:.0f} | "
-                  f"{p['epochs']} | {p['seconds_to_99pct_of_best_val']:.0f} |")
+                  f"{p['train_multiple_of_default']:.2f} | {p['epochs']} | "
+                  f"{p['seconds_to_99pct_of_best_val']:.0f} | {p['gflops']:.1f} | "
+                  f"{p['ratio_to_peak']:.0%} |")
 
 
 if __name__ == "__main__":

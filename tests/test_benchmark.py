@@ -32,8 +32,14 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
         overhead["wall_seconds"] - overhead["train_seconds"] - overhead["evaluate_seconds"],
         abs=1e-6)
     assert 0 < overhead["mlflow_logging_seconds"] < overhead["overhead_seconds"]
-    fast = report["presets"]["fast_mlp"]
-    assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1
+    assert first["gflops"] == pytest.approx(  # as computed: 4 per first-layer weight
+        (4 * 3072 * 16 + 6 * 16 * 10) * first["samples_per_second"] / 1e9)
+    default, fast = report["presets"]["default"], report["presets"]["fast_mlp"]
+    assert list(report["presets"]) == ["default", "fast_mlp"]  # the time unit comes first
+    assert default["train_multiple_of_default"] == 1.0 and 1 <= default["epochs"] <= 20
+    assert fast["train_multiple_of_default"] == pytest.approx(
+        fast["train_seconds"] / default["train_seconds"])
+    assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1 and fast["gflops"] > 0
     assert "| hidden | batch | params | samples/s | GFLOP/s | of peak |" in done.stdout
     assert "| fast_mlp |" in done.stdout
 

@@ -112,3 +112,18 @@ def test_augmentation_leaves_the_weights_unchanged():
     plain = build()
     augmented = build(augment=OmegaConf.create({"flip": "random", "translate": 0.1}))
     assert trainable_count(plain) == trainable_count(augmented)
+
+
+def test_matmul_flops_count_what_is_computed():
+    mlp = build(hidden=[64, 32], n_classes=3)  # scale preprocessing: nothing fixed
+    weights = [3072 * 64, 64 * 32, 32 * 3]
+    flops = model.matmul_flops(mlp)
+    assert flops["inference"] == 2 * sum(weights)
+    # no input gradient for the first layer: 4 there, 6 per weight after it
+    assert flops["train"] == 4 * weights[0] + 6 * (weights[1] + weights[2])
+    pca = preprocess.fit(OmegaConf.create({"name": "pca", "components": 20, "epsilon": 0.1}),
+                         np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), np.uint8))
+    whitened = model.build(model_cfg(hidden=[64]), NO_AUGMENTATION, 3, pca, seed=0)
+    fixed, first, last = 3072 * 20, 20 * 64, 64 * 3
+    assert model.matmul_flops(whitened) == {"inference": 2 * (fixed + first + last),
+                                            "train": 2 * fixed + 4 * first + 6 * last}
