@@ -3,8 +3,8 @@ image (a different offset per image), alternating flips, MixUp and CutMix (which
 
 They run in numpy on uint8 batches, so the logged model stays free of them and takes plain
 images. Every batch draws from a generator seeded by (seed, epoch, batch), so a run is
-reproducible whatever order the batches are prepared in, and a resumed run sees the batches
-it would have seen.
+reproducible whatever order Keras asks for the batches in, and a resumed run sees the
+batches it would have seen.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class AugmentedBatches(keras.utils.PyDataset):
     """(images uint8, soft one-hot labels) batches of a shuffled training set, per epoch."""
 
     def __init__(self, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int, augment_cfg,
-                 seed: int, first_epoch: int = 0):
+                 seed: int):
         super().__init__()
         self.cfg = augment_cfg
         self.x, self.y = x, y_one_hot
@@ -37,13 +37,16 @@ class AugmentedBatches(keras.utils.PyDataset):
                        if pad else x)
         # alternating flips: each image starts flipped or not at random, then alternates
         self.flip_phase = np.random.default_rng([seed, 1]).integers(0, 2, len(x)).astype(bool)
-        self.epoch = first_epoch
+        self.epoch = 0  # set by epoch_setter(): Keras calls on_epoch_end once more than epochs
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
+    def epoch_setter(self) -> keras.callbacks.Callback:
+        """The callback that tells these batches which epoch fit() is in (a resumed run's
+        first epoch included)."""
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs=None: setattr(self, "epoch", epoch))
 
     def order(self, epoch: int) -> np.ndarray:
         """The shuffled order of the training images in ``epoch``."""

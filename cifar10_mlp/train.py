@@ -171,11 +171,12 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         model.optimizer.build(model.trainable_variables)  # so its saved state has a home
         model.load_weights(checkpoint_dir / "last.keras")
     targets = one_hot(split.y_train, n_classes)
-    training = ({"x": batches.AugmentedBatches(split.x_train, targets, trainer_cfg.batch_size,
-                                               augment_cfg, seed, first_epoch=len(history))}
-                if batches.needed(augment_cfg) else
-                {"x": split.x_train, "y": targets, "batch_size": trainer_cfg.batch_size,
-                 "shuffle": True})
+    training = {"x": split.x_train, "y": targets, "batch_size": trainer_cfg.batch_size,
+                "shuffle": True}
+    if batches.needed(augment_cfg):
+        augmented = batches.AugmentedBatches(split.x_train, targets, trainer_cfg.batch_size,
+                                             augment_cfg, seed)
+        training, callbacks = {"x": augmented}, [augmented.epoch_setter(), *callbacks]
     model.fit(
         **training,
         epochs=trainer_cfg.epochs,
