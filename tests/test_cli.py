@@ -265,7 +265,7 @@ def test_help_names_the_tool_shows_common_commands_and_only_real_options(tmp_pat
     assert "powered by Hydra" not in done.stdout and "_schema" not in done.stdout
     assert "Usage: cifar10-mlp [-m] [group=option ...] [key=value ...]" in done.stdout
     assert "hparams_search=mlp_asha" in done.stdout and "trainer.resume=true" in done.stdout
-    assert "\noptimizer: adam, adamw, sgd\n" in done.stdout
+    assert "\noptimizer: adam, adamw, lion, sgd\n" in done.stdout
     assert "\n  val_size: 0.1\n" in done.stdout  # the config, every key overridable
 
 
