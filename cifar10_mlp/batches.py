@@ -38,6 +38,7 @@ class AugmentedBatches(keras.utils.PyDataset):
         # alternating flips: each image starts flipped or not at random, then alternates
         self.flip_phase = np.random.default_rng([seed, 1]).integers(0, 2, len(x)).astype(bool)
         self.epoch = 0  # set by epoch_setter(): Keras calls on_epoch_end once more than epochs
+        self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
@@ -49,8 +50,11 @@ class AugmentedBatches(keras.utils.PyDataset):
             on_epoch_begin=lambda epoch, logs=None: setattr(self, "epoch", epoch))
 
     def order(self, epoch: int) -> np.ndarray:
-        """The shuffled order of the training images in ``epoch``."""
-        return np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.x))
+        """The shuffled order of the training images in ``epoch`` (drawn once per epoch)."""
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, 2, epoch]).permutation(
+                len(self.x)))
+        return self._order[1]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.batch(self.epoch, index)
