@@ -125,11 +125,17 @@ class SGDConfig:
 
 
 @dataclass
-class AdamConfig:
+class TwoMomentsConfig:
+    """An optimizer that keeps two moving averages of the gradient (Adam, Lion)."""
+
     name: str = allowed(one_of(OPTIMIZER_NAMES))
     lr: float = allowed(positive())
     beta_1: float = allowed(fraction())
     beta_2: float = allowed(fraction())
+
+
+@dataclass
+class AdamConfig(TwoMomentsConfig):
     epsilon: float = allowed(positive())
 
 
@@ -139,11 +145,7 @@ class AdamWConfig(AdamConfig):
 
 
 @dataclass
-class LionConfig:
-    name: str = allowed(one_of(OPTIMIZER_NAMES))
-    lr: float = allowed(positive())
-    beta_1: float = allowed(fraction())
-    beta_2: float = allowed(fraction())
+class LionConfig(TwoMomentsConfig):
     weight_decay: float = allowed(Range(">= 0", low=0))
 
 
