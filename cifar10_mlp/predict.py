@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 SIZE = 32
-RESAMPLING = "LANCZOS"  # Pillow's Image.Resampling member
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -61,7 +60,7 @@ def to_cifar(path: Path) -> np.ndarray:
     side = min(rgb.size)
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
     square = rgb.crop((left, top, left + side, top + side))
-    resized = square.resize((SIZE, SIZE), getattr(Image.Resampling, RESAMPLING))
+    resized = square.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
 
 
@@ -75,8 +74,10 @@ def predict_files(model, class_names: list[str], files: list[Path], top: int,
             images[file] = to_cifar(file)
         except (OSError, ValueError) as err:
             errors[file] = _reason(err)
-    probabilities = (model.predict(np.stack(list(images.values())), batch_size=batch_size,
-                                   verbose=0) if images else np.empty((0, len(class_names))))
+    from cifar10_mlp.evaluate import predict
+
+    probabilities = (predict(model, np.stack(list(images.values())), batch_size) if images
+                     else np.empty((0, len(class_names))))
     by_file = dict(zip(images, probabilities, strict=True))
     predictions = []
     for file in files:
