@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import mlflow
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from cifar10_mlp.errors import UserError
+from cifar10_mlp.store import open_client
 from cifar10_mlp.tracking import CLASS_NAMES_KEY, MODEL_URI_TAG
 
 if TYPE_CHECKING:
@@ -50,14 +50,14 @@ class Registered:
 
 def model_uri_of_run(uri: str, run_id: str) -> str | None:
     """The ``models:/<id>`` URI of the model a run logged, if it logged one."""
-    return MlflowClient(uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    return open_client(uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
 
 
 def register(uri: str, model_uri: str, name: str, alias: str | None = None) -> Registered:
     """``model_uri`` as a version of registered model ``name`` (created on first use), and
     ``alias`` pointing at it. A model registered under ``name`` before is not registered
     again: its version gets the alias, so a sweep that is continued registers once."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     earlier = [v for v in client.search_model_versions(f"name = '{name}'")
                if v.source == model_uri]  # (a SQLite store leaves its model_id empty)
     if earlier:
@@ -80,7 +80,7 @@ def register_best(uri: str, parent_run_id: str, best_run_id: str, name: str, ali
         raise ModelError(f"tracking.registered_model={name}: the best run, {best_run_id}, "
                          "logged no model")
     registered = register(uri, model_uri, name, alias)
-    MlflowClient(uri).set_tag(parent_run_id, "registered_model", registered.uri)
+    open_client(uri).set_tag(parent_run_id, "registered_model", registered.uri)
     return registered
 
 

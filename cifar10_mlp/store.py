@@ -48,6 +48,18 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def open_client(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``, the one way this tool connects to a store.
+
+    A process's first client of a SQLite store creates its schema, or checks it, which
+    fails while another process is still migrating a new file: so it is made under the
+    store's lock. MLflow keeps one store object per URI and process, so later clients
+    cost nothing more.
+    """
+    with store_lock(uri):
+        return MlflowClient(uri)
+
+
 def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
     """The id of experiment ``name``, the store and the experiment created on first use,
     under the store's lock (None when it does not exist and ``create`` is false).
@@ -56,7 +68,7 @@ def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
     UI opens it on its runs table rather than on the GenAI overview (traces, tokens).
     """
     with store_lock(uri):
-        client = MlflowClient(uri)
+        client = MlflowClient(uri)  # under the lock already: open_client would wait on itself
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             return client.create_experiment(name, tags=dict([EXPERIMENT_KIND])) if create else None
@@ -91,7 +103,7 @@ def find_interrupted(cfg: DictConfig) -> str:
     """The run ``trainer.resume`` continues: the latest of ``cfg.tracking.experiment`` that
     was interrupted (KILLED), or that is RUNNING with its process gone, which is marked
     KILLED here first."""
-    client = MlflowClient(cfg.tracking.uri)
+    client = open_client(cfg.tracking.uri)
     experiment_id = open_experiment(cfg.tracking.uri, cfg.tracking.experiment, create=False)
     runs = client.search_runs([experiment_id], "attributes.status != 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1000

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from cifar10_mlp.store import alive, end_lost, open_experiment, process_lost
+from cifar10_mlp.store import alive, end_lost, open_client, open_experiment, process_lost
 from cifar10_mlp.tracking import (
     MAX_TAG_LENGTH,
     PRUNED_TAG,
@@ -61,7 +61,7 @@ def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
     SQLite schema or the experiment. ``resume_key`` (what the sweep runs: its study, or
     its grid) lets a later command find it again to continue it.
     """
-    client = MlflowClient(uri)
+    client = open_client(uri)
     run = client.create_run(open_experiment(uri, experiment), run_name=run_name,
                             tags={**tags, **git_tags(), "sweep": "parent",
                                   RESUME_KEY_TAG: resume_key})
@@ -71,7 +71,7 @@ def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
 
 def latest_sweep(uri: str, experiment: str, resume_key: str) -> tuple[str, str] | None:
     """The id and status of the latest parent run with this resume key, if any."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment_id = open_experiment(uri, experiment)
     found = client.search_runs([experiment_id], f"tags.{RESUME_KEY_TAG} = '{resume_key}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
@@ -81,7 +81,7 @@ def latest_sweep(uri: str, experiment: str, resume_key: str) -> tuple[str, str] 
 def reopen_sweep(uri: str, parent_run_id: str, lost_after_s: float) -> None:
     """Set an earlier sweep's parent RUNNING again; its jobs whose process is gone end
     KILLED (``error: process lost``), so the resumed jobs can continue them."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     client.update_run(parent_run_id, status="RUNNING")
     for stale in ("error", STOPPING_TAG):
         if stale in client.get_run(parent_run_id).data.tags:
@@ -91,7 +91,7 @@ def reopen_sweep(uri: str, parent_run_id: str, lost_after_s: float) -> None:
 
 def end_lost_children(uri: str, parent_run_id: str, lost_after_s: float) -> None:
     """End the sweep's RUNNING children whose process is gone as KILLED."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     for run in _running_children(client, parent_run_id):
         if process_lost(run, lost_after_s):
             end_lost(client, run.info.run_id)
@@ -117,7 +117,7 @@ def stop_children(uri: str, parent_run_id: str, reason: str, settle_s: float = 3
     host ``settle_s`` after it was first seen gets SIGTERM, which ends a job as Ctrl-C does,
     and ``grace_s`` more; a run still RUNNING after that is ended here.
     """
-    client = MlflowClient(uri)
+    client = open_client(uri)
     client.set_tag(parent_run_id, STOPPING_TAG, reason)
     first_seen: dict[str, float] = {}
     signalled: set[str] = set()
@@ -140,7 +140,7 @@ def stop_children(uri: str, parent_run_id: str, reason: str, settle_s: float = 3
 
 def stopping(uri: str, parent_run_id: str) -> bool:
     """Whether the sweep is being stopped (a job about to start should not)."""
-    return STOPPING_TAG in MlflowClient(uri).get_run(parent_run_id).data.tags
+    return STOPPING_TAG in open_client(uri).get_run(parent_run_id).data.tags
 
 
 def _running_children(client: MlflowClient, parent_run_id: str) -> list[Run]:
@@ -152,7 +152,7 @@ def _running_children(client: MlflowClient, parent_run_id: str) -> list[Run]:
 
 def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:
     """The parent run with this id, or the latest sweep parent of the experiment so named."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment = client.get_experiment_by_name(run_id_or_experiment)
     if experiment is None:
         try:
@@ -166,12 +166,12 @@ def find_sweep(uri: str, run_id_or_experiment: str) -> str | None:
 
 def parent_run(uri: str, parent_run_id: str) -> Run:
     """A sweep's parent run: its command, objectives and swept values, start and end."""
-    return MlflowClient(uri).get_run(parent_run_id)
+    return open_client(uri).get_run(parent_run_id)
 
 
 def curves(uri: str, runs: list[ChildRun], key: str) -> dict[str, list[float]]:
     """Each run's per-epoch values of metric ``key``, by run name."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     return {run.name: [m.value for m in sorted(client.get_metric_history(run.run_id, key),
                                                key=lambda m: m.step)]
             for run in runs}
@@ -179,7 +179,7 @@ def curves(uri: str, runs: list[ChildRun], key: str) -> dict[str, list[float]]:
 
 def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
     """The sweep's child runs, oldest first."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -198,7 +198,7 @@ def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
                 status: str | None) -> None:
     """Record the sweep's outcome and report under ``report/`` of its parent and end it
     with ``status`` (FINISHED; KILLED for a sweep that was stopped; None: as it is)."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
@@ -212,7 +212,7 @@ def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
 
 def end_unfinished(uri: str, parent_run_id: str) -> None:
     """End a parent that is still RUNNING as FAILED: its sweep stopped before its end."""
-    client = MlflowClient(uri)
+    client = open_client(uri)
     if client.get_run(parent_run_id).info.status == "RUNNING":
         client.set_tag(parent_run_id, "error", "the sweep stopped before it ended; see the "
                        "command's output")
@@ -222,7 +222,7 @@ def end_unfinished(uri: str, parent_run_id: str) -> None:
 def download_artifact(uri: str, run_id: str, path: str, destination: Path) -> Path | None:
     """A run's artifact copied to ``destination``, or None when the run has none there."""
     try:
-        return Path(MlflowClient(uri).download_artifacts(run_id, path, str(destination)))
+        return Path(open_client(uri).download_artifacts(run_id, path, str(destination)))
     except (MlflowException, OSError):
         return None
 
@@ -237,7 +237,7 @@ def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: st
     child run holding its config when it died before opening one."""
     lost = JobLost(f"the job's worker died ({type(error).__name__}: "
                    f"{str(error).splitlines()[0] if str(error) else ''})")
-    client = MlflowClient(cfg.tracking.uri)
+    client = open_client(cfg.tracking.uri)
     parent = client.get_run(parent_run_id)
     joined = overrides_tag(overrides)
     opened = [run for run in client.search_runs(

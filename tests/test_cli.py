@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_overrides
 from mlflow import MlflowClient
 
-from cifar10_mlp.store import open_experiment
+from cifar10_mlp.store import open_client, open_experiment
 
 CLI = str(Path(sys.executable).parent / "cifar10-mlp")
 
@@ -182,7 +182,7 @@ def interrupt_after_epochs(overrides, tmp_path, epochs, signum):
     ended KILLED with the epochs so far, each once; return its id and epoch count."""
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")  # it may be creating it
     run_id = wait_for_epochs(process, client, epochs)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -275,7 +275,7 @@ def test_a_run_killed_with_sigkill_is_continued_by_resume(tiny_cifar, tmp_path):
                  "trainer.early_stopping.patience=null", "tracking.log_model=false"]
     process = subprocess.Popen([CLI, *overrides], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")  # it may be creating it
     run_id = wait_for_epochs(process, client, 2)
     process.kill()  # SIGKILL: nothing in the process gets to mark the run
     process.wait()

@@ -16,11 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from test_sweep import run, runs_of, sweep_overrides
 
-from cifar10_mlp.store import open_experiment
+from cifar10_mlp.store import open_client, open_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +130,7 @@ def test_a_killed_ray_job_is_recorded_failed_and_the_rest_complete(tiny_cifar, t
 
 def wait_for_training_job(uri, param, value, process, timeout=240):
     """The child run with ``param=value`` once it has logged an epoch."""
-    client = MlflowClient(uri)
+    client = open_client(uri)  # the sweep may be creating the store right now
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         # under the store's lock: the sweep may be creating the store right now

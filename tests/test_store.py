@@ -60,3 +60,31 @@ def test_the_sweep_report_ends_a_lost_job_killed(client, tmp_path):
     assert ended.info.status == "KILLED" and ended.data.tags["error"] == "process lost"
     assert client.get_run(parent.info.run_id).info.status == "KILLED"  # left as it was
     assert "| job 0 | KILLED |" in done.stdout
+
+
+CONNECT = """
+import sys, time
+from mlflow import MlflowClient
+from cifar10_mlp.store import open_client
+connect = {"open_client": open_client, "MlflowClient": MlflowClient}[sys.argv[2]]
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all start at the same moment
+print(len(connect(sys.argv[1]).search_experiments()))
+"""
+
+
+def connect_together(uri: str, how: str, n: int = 4) -> list[subprocess.CompletedProcess]:
+    start = time.time() + 8  # after every interpreter has imported MLflow
+    processes = [subprocess.Popen([sys.executable, "-c", CONNECT, uri, how, str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(n)]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate())
+            for p in processes]
+
+
+@pytest.mark.slow
+def test_processes_connecting_to_a_new_store_at_once_all_get_it(tmp_path):
+    # a sweep, its jobs and whoever watches them may all be first to open a new SQLite file;
+    # MLflow migrates the schema on a process's first connection, and two at once collide
+    done = connect_together(f"sqlite:///{tmp_path / 'mlflow.db'}", "open_client")
+    assert [d.returncode for d in done] == [0] * 4, [d.stderr[-2000:] for d in done]
+    assert [d.stdout.strip() for d in done] == ["1"] * 4  # the Default experiment, once
