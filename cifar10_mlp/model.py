@@ -18,60 +18,67 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
     ``block=residual``: a Dense projection to the width, then one pre-norm inverted-bottleneck
     block per entry of ``hidden`` (x + Dense(w)(Dropout(act(Dense(expansion * w)(norm(x)))))),
     and a final norm. ``seed`` makes the initial weights, augmentation and dropout reproducible.
+    ``precision`` (a Keras dtype policy) applies to the whitening multiply and the hidden
+    layers; the softmax classifier computes in float32.
     """
+    policy = model_cfg.precision
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
     x = inputs
     for layer in [*preprocess.augmentation_layers(augment_cfg, seed),
-                  *preprocess.as_layers(prep)]:
+                  *preprocess.as_layers(prep, policy)]:
         x = layer(x)
     regularizer = keras.regularizers.L2(model_cfg.weight_decay) if model_cfg.weight_decay else None
 
     def dense(width: int, name: str, use_bias: bool = True, seed_offset: int = 0):
         return keras.layers.Dense(
             width, use_bias=use_bias, name=name, kernel_regularizer=regularizer,
-            kernel_initializer=_initializer(model_cfg.initializer, seed + seed_offset))
+            kernel_initializer=_initializer(model_cfg.initializer, seed + seed_offset),
+            dtype=policy)
 
     def dropout(i: int, name: str):
-        return keras.layers.Dropout(model_cfg.dropout, seed=seed + i, name=name)
+        return keras.layers.Dropout(model_cfg.dropout, seed=seed + i, name=name, dtype=policy)
+
+    def activation(i: int):
+        return keras.layers.Activation(model_cfg.activation, name=f"{model_cfg.activation}_{i}",
+                                       dtype=policy)
 
     if model_cfg.block == "dense":
         for i, width in enumerate(model_cfg.hidden, start=1):
             # batch norm's own shift makes a bias redundant
             x = dense(width, f"dense_{i}", use_bias=model_cfg.norm != "batch", seed_offset=i)(x)
-            x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", x)
-            x = keras.layers.Activation(model_cfg.activation,
-                                        name=f"{model_cfg.activation}_{i}")(x)
+            x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", policy, x)
+            x = activation(i)(x)
             if model_cfg.dropout > 0:
                 x = dropout(i, f"dropout_{i}")(x)
     else:
         width = model_cfg.hidden[0]
         x = dense(width, "projection", seed_offset=1000)(x)
         for i, _ in enumerate(model_cfg.hidden, start=1):
-            h = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", x)
+            h = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", policy, x)
             h = dense(model_cfg.expansion * width, f"expand_{i}", seed_offset=2 * i)(h)
-            h = keras.layers.Activation(model_cfg.activation,
-                                        name=f"{model_cfg.activation}_{i}")(h)
+            h = activation(i)(h)
             if model_cfg.dropout > 0:
                 h = dropout(i, f"dropout_{i}")(h)
             h = dense(width, f"contract_{i}", seed_offset=2 * i + 1)(h)
-            x = keras.layers.Add(name=f"residual_{i}")([x, h])
-        x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_out", x)
+            x = keras.layers.Add(name=f"residual_{i}", dtype=policy)([x, h])
+        x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_out", policy, x)
     outputs = keras.layers.Dense(
         n_classes,
         activation="softmax",
         kernel_initializer=_initializer("glorot_uniform", seed),
         kernel_regularizer=regularizer,
         name="classifier",
+        dtype="float32",  # probabilities in full precision, whatever the hidden layers use
     )(x)
     return keras.Model(inputs, outputs, name="cifar10_mlp")
 
 
-def _norm(kind: str, name: str, x):
+def _norm(kind: str, name: str, policy: str, x):
     """``x`` through batch or layer normalisation, or unchanged for ``none``."""
     if kind == "batch":
-        return keras.layers.BatchNormalization(name=name)(x)
+        return keras.layers.BatchNormalization(name=name, dtype=policy)(x)
     if kind == "layer":
-        return keras.layers.LayerNormalization(name=name)(x)
+        return keras.layers.LayerNormalization(name=name, dtype=policy)(x)
     return x
 
 

@@ -49,8 +49,11 @@ def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
     raise ValueError(f"preprocess.name={prep_cfg.name!r} is not a known preprocessing")
 
 
-def as_layers(prep: Preprocessing) -> list:
-    """Keras layers that map uint8 images (N, 32, 32, 3) to preprocessed vectors (N, 3072)."""
+def as_layers(prep: Preprocessing, precision: str = "float32") -> list:
+    """Keras layers that map uint8 images (N, 32, 32, 3) to preprocessed vectors (N, 3072).
+
+    ``precision`` (a Keras dtype policy) is the whitening multiply's, the costly one.
+    """
     import keras
 
     flatten = keras.layers.Flatten(name="flatten")
@@ -61,7 +64,7 @@ def as_layers(prep: Preprocessing) -> list:
     if prep.whitening is not None:
         n_in, n_out = prep.whitening.shape
         whiten = keras.layers.Dense(n_out, use_bias=False, trainable=False,
-                                    name=f"{prep.name}_whitening")
+                                    name=f"{prep.name}_whitening", dtype=precision)
         whiten.build((None, n_in))
         whiten.set_weights([prep.whitening.astype(np.float32)])
         layers.append(whiten)

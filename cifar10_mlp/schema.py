@@ -57,6 +57,7 @@ ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky
 TTA_MODES = ("none", "flip")
 BLOCKS = ("dense", "residual")  # model.block
 NORMS = ("batch", "layer", "none")  # model.norm
+PRECISIONS = ("float32", "mixed_bfloat16")  # model.precision: Keras dtype policies
 FLIPS = ("none", "random", "alternating")  # augment.flip  # evaluation.tta: test-time augmentation
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal")
 # what a run logs per epoch on the validation split, and which way is better
@@ -114,6 +115,7 @@ class ModelConfig:
     norm: str = allowed(one_of(NORMS))
     weight_decay: float = allowed(Range(">= 0", low=0))
     initializer: str = allowed(one_of(INITIALIZERS))
+    precision: str = allowed(one_of(PRECISIONS))
 
 
 @dataclass

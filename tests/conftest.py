@@ -115,4 +115,5 @@ OPTION_VARIANTS = {
     "no_norm": ["model.norm=none"],
     "lion": ["optimizer=lion"],
     "crop_flip_mix": ["augment=crop_flip", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
+    "bfloat16": ["model.precision=mixed_bfloat16"],
 }

@@ -8,7 +8,8 @@ from cifar10_mlp import model, preprocess
 
 def model_cfg(**changes):
     base = {"hidden": [64, 32], "block": "dense", "expansion": 4, "activation": "relu",
-            "dropout": 0.0, "norm": "none", "weight_decay": 0.0, "initializer": "he_normal"}
+            "dropout": 0.0, "norm": "none", "weight_decay": 0.0, "initializer": "he_normal",
+            "precision": "float32"}
     return OmegaConf.create({**base, **changes})
 
 
@@ -86,6 +87,22 @@ def test_takes_raw_uint8_images_and_outputs_probabilities():
     probs = mlp.predict(images, verbose=0)
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_mixed_bfloat16_multiplies_in_bfloat16_and_keeps_weights_and_output_float32():
+    mlp = build(hidden=[64, 32], norm="batch", dropout=0.1, precision="mixed_bfloat16")
+    hidden = [layer for layer in mlp.layers if layer.name.startswith(("dense_", "batch_norm"))]
+    assert len(hidden) == 4 and {layer.compute_dtype for layer in hidden} == {"bfloat16"}
+    assert {w.dtype for w in mlp.weights} == {"float32"}  # what the optimizer updates
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    probs = mlp.predict(images, verbose=0)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # the same weights in float32 give nearly the same probabilities
+    full = build(hidden=[64, 32], norm="batch", dropout=0.1)
+    full.set_weights(mlp.get_weights())
+    np.testing.assert_allclose(full.predict(images, verbose=0), probs, atol=0.05)
+    assert not np.array_equal(full.predict(images, verbose=0), probs)
 
 
 def test_same_seed_same_initial_weights():
