@@ -1,10 +1,10 @@
 """Training batches with the augmentations a model layer cannot do: random crops of a padded
 image (a different offset per image), alternating flips, MixUp and CutMix (which mix labels).
 
-They run in numpy on uint8 batches, so the logged model stays free of them and takes plain
-images. Every batch draws from a generator seeded by (seed, epoch, batch), so a run is
-reproducible whatever order Keras asks for the batches in, and a resumed run sees the
-batches it would have seen.
+They run in numpy on the batches (uint8 images, or a ZCA model's whitened images), so the
+logged model stays free of them and takes plain images. Every batch draws from a generator
+seeded by (seed, epoch, batch), so a run is reproducible whatever order Keras asks for the
+batches in, and a resumed run sees the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def needed(augment_cfg) -> bool:
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """(images uint8, soft one-hot labels) batches of a shuffled training set, per epoch."""
+    """(images, soft one-hot labels) batches of a shuffled training set, per epoch."""
 
     def __init__(self, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int, augment_cfg,
                  seed: int):
@@ -92,7 +92,9 @@ def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.G
     lam = rng.beta(alpha, alpha)
     partner = rng.permutation(len(images))
     blended = lam * images.astype(np.float32) + (1 - lam) * images[partner]
-    return (np.rint(blended).astype(np.uint8),
+    if np.issubdtype(images.dtype, np.integer):  # uint8 pixels (whitened images are float)
+        blended = np.rint(blended)
+    return (blended.astype(images.dtype),
             (lam * labels + (1 - lam) * labels[partner]).astype(np.float32))
 
 

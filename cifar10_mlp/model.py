@@ -13,7 +13,8 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
           ) -> keras.Model:
     """Build the Keras MLP described by a ``model`` config node.
 
-    Training-time augmentation (``augment``) comes first, then the fitted preprocessing.
+    Training-time augmentation (``augment``) comes first, then the fitted preprocessing;
+    with ZCA, whose output is an image again, the augmentation follows the whitening.
     ``block=dense``: each width in ``hidden`` is Dense -> [norm] -> activation -> [Dropout].
     ``block=residual``: a Dense projection to the width, then one pre-norm inverted-bottleneck
     block per entry of ``hidden`` (x + Dense(w)(Dropout(act(Dense(expansion * w)(norm(x)))))),
@@ -23,9 +24,14 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
     """
     policy = model_cfg.precision
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
+    augmentation = preprocess.augmentation_layers(augment_cfg, seed)
+    fixed = preprocess.as_layers(prep, policy)
+    # a ZCA-whitened image is still an image, and whitening commutes with flips: augmenting
+    # after it lets training whiten each image once (train.fit), not once per epoch
+    stages = ([*fixed, *augmentation, keras.layers.Flatten(name="flatten_whitened")]
+              if prep.image_out else [*augmentation, *fixed])
     x = inputs
-    for layer in [*preprocess.augmentation_layers(augment_cfg, seed),
-                  *preprocess.as_layers(prep, policy)]:
+    for layer in stages:
         x = layer(x)
     regularizer = keras.regularizers.L2(model_cfg.weight_decay) if model_cfg.weight_decay else None
 
@@ -85,22 +91,26 @@ def _norm(kind: str, name: str, policy: str, x):
 def matmul_flops(model: keras.Model) -> dict[str, int]:
     """Floating-point operations per image in the model's Dense layers (all but a sliver
     of its work), as computed, not as 6 x parameters: ``inference`` is the forward pass
-    (2 per weight); ``train`` adds, per trainable weight, 2 for its gradient and 2 for the
-    gradient of the layer's input, except in the first trainable layer, whose input needs
-    none; fixed layers before it (ZCA or PCA whitening) run forward only."""
-    inference = train = 0
+    (2 per weight); ``train`` a training step's, which adds, per trainable weight, 2 for its
+    gradient and 2 for the gradient of the layer's input, except in the first trainable
+    layer, whose input needs none; ``validation`` an epoch's validation pass. Fixed layers
+    (ZCA or PCA whitening) run forward only, and a ZCA model's only once per image, before
+    training (``once``; ``train.split_at_whitening``), not in every epoch."""
+    whitened_once = preprocess.WHITENED_IMAGE in {layer.name for layer in model.layers}
+    flops = {"inference": 0, "train": 0, "validation": 0, "once": 0}
     first = True
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Dense):
             continue
-        weights = int(np.prod(layer.kernel.shape))
-        inference += 2 * weights
-        if not layer.trainable:
-            train += 2 * weights
-        else:
-            train += (4 if first else 6) * weights
-            first = False
-    return {"inference": inference, "train": train}
+        forward = 2 * int(np.prod(layer.kernel.shape))
+        flops["inference"] += forward
+        if not layer.trainable and whitened_once:
+            flops["once"] += forward
+            continue
+        flops["validation"] += forward
+        flops["train"] += forward if not layer.trainable else 2 * forward if first else 3 * forward
+        first = first and not layer.trainable
+    return flops
 
 
 def trainable_parameters(model: keras.Model) -> int:

@@ -3,6 +3,11 @@
 The fitted statistics become the first layers of the model, so validation and
 test images (and anyone who loads the logged model) get exactly the transform
 fitted on the training split, and raw uint8 images go straight in.
+
+ZCA and PCA are fitted on the training images and their mirror images, so that they
+commute with horizontal flips: ZCA's whitened image of a flipped image is the flipped
+whitened image. A ZCA model therefore augments the whitened image (``image_out``), and
+training whitens each image once instead of once per epoch (``train.fit``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cifar10_mlp.data import IMAGE_SHAPE
+
 CHUNK = 4096  # images per chunk when accumulating statistics in float64
+# a flattened (32, 32, 3) image's values in the order of its mirror image's
+MIRROR = np.arange(int(np.prod(IMAGE_SHAPE))).reshape(IMAGE_SHAPE)[:, ::-1].ravel()
+# the layer of a ZCA model whose output, the whitened image, training computes once
+WHITENED_IMAGE = "whitened_image"
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,11 @@ class Preprocessing:
     std: np.ndarray
     # applied after standardising: (3072, 3072) for ZCA, (3072, k) for PCA to k components
     whitening: np.ndarray | None = None
+
+    @property
+    def image_out(self) -> bool:
+        """Whether its output is again an image (ZCA) whose augmentation can follow it."""
+        return self.name == "zca"
 
 
 def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
@@ -38,6 +54,7 @@ def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
         return Preprocessing("pixel_standardize", mean, _safe_std(var))
     if prep_cfg.name in ("zca", "pca"):
         mean, _ = _moments(flat)
+        mean = (mean + mean[MIRROR]) / 2  # the images and their mirror images
         eigvals, eigvecs = _covariance_eigen(flat, mean)
         scale = 1.0 / np.sqrt(np.maximum(eigvals, 0.0) + prep_cfg.epsilon)
         if prep_cfg.name == "zca":  # U diag(1/sqrt(s + eps)) U^T: whitened, still an image
@@ -50,7 +67,9 @@ def fit(prep_cfg, x_train: np.ndarray) -> Preprocessing:
 
 
 def as_layers(prep: Preprocessing, precision: str = "float32") -> list:
-    """Keras layers that map uint8 images (N, 32, 32, 3) to preprocessed vectors (N, 3072).
+    """Keras layers that map uint8 images (N, 32, 32, 3) to preprocessed vectors (N, 3072),
+    or for ZCA (``image_out``) to whitened images (N, 32, 32, 3), the layer
+    :data:`WHITENED_IMAGE`.
 
     ``precision`` (a Keras dtype policy) is the whitening multiply's, the costly one.
     """
@@ -68,6 +87,8 @@ def as_layers(prep: Preprocessing, precision: str = "float32") -> list:
         whiten.build((None, n_in))
         whiten.set_weights([prep.whitening.astype(np.float32)])
         layers.append(whiten)
+    if prep.image_out:
+        layers.append(keras.layers.Reshape(IMAGE_SHAPE, name=WHITENED_IMAGE))
     return layers
 
 
@@ -114,10 +135,12 @@ def _safe_std(var: np.ndarray) -> np.ndarray:
 
 
 def _covariance_eigen(flat: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues s and eigenvectors U (columns) of the covariance of x/255."""
+    """Eigenvalues s and eigenvectors U (columns) of the covariance of x/255 over the images
+    and their mirror images (``mean``: theirs)."""
     cov = np.zeros((flat.shape[1], flat.shape[1]))
     for start in range(0, len(flat), CHUNK):
         centred = ((flat[start:start + CHUNK] - mean) / 255.0).astype(np.float32)
         cov += centred.T @ centred  # float32 products, accumulated in float64
     cov /= len(flat)
+    cov = (cov + cov[MIRROR][:, MIRROR]) / 2  # a mirror image's covariance, permuted
     return np.linalg.eigh(cov)

@@ -6,10 +6,12 @@ loading, the framework's own overhead, and the presets' time to accuracy.
     python scripts/benchmark.py --presets fast_mlp,best_mlp --out benchmark.json
     python scripts/benchmark.py --presets '' --overrides trainer.batch_size=128  # compare
 
-Timings are medians over --repeats; ratios (achieved / peak) are measured in the same run.
+Timings are medians over --repeats; ratios (achieved / peak) are measured in the same run,
+over numpy's float32 peak, or TensorFlow's bfloat16 peak for ``model.precision=mixed_bfloat16``.
 Achieved GFLOP/s counts what is computed (``model.matmul_flops``): forward 2 per weight;
 backward 4 per trainable weight, 2 in the first trainable layer (no input gradient); fixed
-whitening forward only; for presets, each epoch's validation pass (forward only) too.
+whitening forward only, and a ZCA model's once per image, not per epoch; for presets, each
+epoch's validation pass (forward only) too.
 Each preset's training time is also given as a multiple of the default run's, trained in
 the same invocation (the machines are shared; their speed varies 2x, the multiple does not).
 """
@@ -56,6 +58,18 @@ def matmul_peak(n: int, repeats: int) -> float:
     return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
+def bfloat16_matmul_peak(n: int, repeats: int) -> float:
+    """bfloat16 GFLOP/s of an n x n matmul through TensorFlow (numpy has no bfloat16): the
+    peak for models with ``model.precision=mixed_bfloat16``."""
+    import tensorflow as tf
+
+    a, b = (tf.cast(tf.random.stateless_normal((n, n), seed=(0, i)), tf.bfloat16)
+            for i in range(2))
+    multiply = tf.function(lambda: tf.matmul(a, b)[0, 0])
+    multiply().numpy()  # trace and warm up
+    return 2 * n**3 / median_seconds(lambda: multiply().numpy(), repeats) / 1e9
+
+
 def load_times(path: str, repeats: int) -> dict[str, float]:
     """Decoding the archive (cold, empty cache) against reading the decoded cache (warm)."""
     from cifar10_mlp.data import read_cifar10
@@ -79,8 +93,9 @@ def compose(overrides: list[str]):
 
 
 def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, epochs: int,
-                     repeats: int, peak: float, extra: list[str]) -> dict:
-    """Samples/s of the training loop for one MLP, epochs after the first (compile) one."""
+                     repeats: int, peaks: dict[str, float], extra: list[str]) -> dict:
+    """Samples/s of the training loop for one MLP, epochs after the first (compile) one (a
+    ZCA model's on its whitened images, as ``train.fit`` trains it)."""
     from cifar10_mlp import data, model, optim, preprocess, train
 
     cfg = compose([f"data.path={path}", f"data.cache_dir={cache}",
@@ -89,10 +104,13 @@ def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, ep
     x, y = split.x_train[:n_images], train.one_hot(split.y_train[:n_images], 10)
     prep = preprocess.fit(cfg.preprocess, x)
     mlp = model.build(cfg.model, cfg.augment, 10, prep, cfg.seed)
-    mlp.compile(optimizer=optim.build(cfg.optimizer), loss="categorical_crossentropy",
-                jit_compile=cfg.trainer.jit_compile)
-    fit = lambda: mlp.fit(x, y, batch_size=cfg.trainer.batch_size, epochs=epochs,  # noqa: E731
-                          verbose=0)
+    whiten, trained = train.split_at_whitening(mlp)
+    if whiten is not None:
+        x = whiten.predict(x, batch_size=cfg.trainer.batch_size, verbose=0)
+    trained.compile(optimizer=optim.build(cfg.optimizer), loss="categorical_crossentropy",
+                    jit_compile=cfg.trainer.jit_compile)
+    fit = lambda: trained.fit(x, y, batch_size=cfg.trainer.batch_size,  # noqa: E731
+                              epochs=epochs, verbose=0)
     fit()  # compile and warm up
     seconds = median_seconds(fit, repeats) / epochs
     params = sum(int(np.prod(w.shape)) for w in mlp.trainable_weights)
@@ -100,7 +118,8 @@ def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, ep
     achieved = model.matmul_flops(mlp)["train"] * samples_per_second / 1e9
     return {"hidden": hidden, "batch_size": cfg.trainer.batch_size, "params": params,
             "samples_per_second": samples_per_second, "gflops": achieved,
-            "ratio_to_peak": achieved / peak,
+            "precision": cfg.model.precision,
+            "ratio_to_peak": achieved / peaks[cfg.model.precision],
             "epoch_seconds_full_train_set": 45_000 / samples_per_second}
 
 
@@ -147,7 +166,7 @@ def overhead(path: str, cache: str, workdir: Path, repeats: int) -> dict[str, fl
     }
 
 
-def preset(name: str, path: str, cache: str, workdir: Path, peak: float) -> dict:
+def preset(name: str, path: str, cache: str, workdir: Path, peaks: dict[str, float]) -> dict:
     """A preset's (``default``: no preset) test accuracy, training time, the time its
     validation accuracy took, and the GFLOP/s its training achieved."""
     chosen = [] if name == "default" else [f"experiment={name}"]
@@ -157,22 +176,26 @@ def preset(name: str, path: str, cache: str, workdir: Path, peak: float) -> dict
     best = max(result["val_accuracy"])
     reached = next(i for i, v in enumerate(result["val_accuracy"]) if v >= 0.99 * best)
     metrics = result["metrics"]
-    flops = preset_flops([*chosen, f"data.path={path}", f"data.cache_dir={cache}"])
+    flops, precision = preset_flops([*chosen, f"data.path={path}", f"data.cache_dir={cache}"])
     n_train, n_val = result["split"]
-    computed = (flops["train"] * n_train + flops["inference"] * n_val) * len(elapsed)
+    computed = ((flops["train"] * n_train + flops["validation"] * n_val) * len(elapsed)
+                + flops["once"] * (n_train + n_val))
     achieved = computed / metrics["time_train_seconds"] / 1e9
     return {"test_accuracy": metrics["test_accuracy"],
+            # with test-time augmentation, the same model's accuracy without it
+            "test_accuracy_without_tta": metrics.get("test_accuracy_without_tta"),
             "train_seconds": metrics["time_train_seconds"],
             "epochs": len(elapsed),
             "best_val_accuracy": best,
             "seconds_to_99pct_of_best_val": float(elapsed[reached]),
-            "gflops": achieved, "ratio_to_peak": achieved / peak,
+            "gflops": achieved, "precision": precision,
+            "ratio_to_peak": achieved / peaks[precision],
             "wall_seconds": result["wall_seconds"]}
 
 
-def preset_flops(overrides: list[str]) -> dict[str, int]:
+def preset_flops(overrides: list[str]) -> tuple[dict[str, int], str]:
     """``model.matmul_flops`` of the model a config builds (its fixed whitening with the
-    fitted shape; the values do not change the count)."""
+    fitted shape; the values do not change the count), and its ``model.precision``."""
     from cifar10_mlp import model, preprocess
 
     cfg = compose(overrides)
@@ -182,7 +205,8 @@ def preset_flops(overrides: list[str]) -> dict[str, int]:
     prep = preprocess.Preprocessing(cfg.preprocess.name, np.zeros(pixels), np.ones(pixels),
                                     whitening.get(cfg.preprocess.name))
     n_classes = len(cfg.data.classes) if cfg.data.classes else 10
-    return model.matmul_flops(model.build(cfg.model, cfg.augment, n_classes, prep, cfg.seed))
+    return (model.matmul_flops(model.build(cfg.model, cfg.augment, n_classes, prep, cfg.seed)),
+            cfg.model.precision)
 
 
 def main() -> None:
@@ -211,8 +235,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir, cache = Path(tmp), str(Path(tmp) / "cache")
         print("matmul peak ...", flush=True)
-        peak = matmul_peak(2048, max(5, args.repeats))
-        report["matmul_peak_gflops"] = peak
+        peaks = {"float32": matmul_peak(2048, max(5, args.repeats)),
+                 "mixed_bfloat16": bfloat16_matmul_peak(2048, max(5, args.repeats))}
+        report["matmul_peak_gflops"] = peaks["float32"]
+        report["bfloat16_matmul_peak_gflops"] = peaks["mixed_bfloat16"]
         print("data loading ...", flush=True)
         report["data_loading"] = load_times(args.data, args.repeats)
         report["training"] = []
@@ -220,7 +246,7 @@ def main() -> None:
             hidden = [int(w) for w in widths.split("-")]
             print(f"training throughput {hidden} ...", flush=True)
             report["training"].append(train_throughput(args.data, cache, hidden, args.images,
-                                                       1, args.repeats, peak,
+                                                       1, args.repeats, peaks,
                                                        args.overrides))
         print("framework overhead ...", flush=True)
         report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
@@ -228,7 +254,7 @@ def main() -> None:
         names = list(filter(None, args.presets.split(",")))
         for name in ["default", *names] if names else []:  # the default run: the time unit
             print(f"preset {name} ...", flush=True)
-            report["presets"][name] = preset(name, args.data, cache, workdir, peak)
+            report["presets"][name] = preset(name, args.data, cache, workdir, peaks)
             report["presets"][name]["train_multiple_of_default"] = (
                 report["presets"][name]["train_seconds"]
                 / report["presets"]["default"]["train_seconds"])
@@ -238,14 +264,18 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nmatmul peak (numpy float32, 2048^3): {report['matmul_peak_gflops']:.1f} GFLOP/s")
+    print(f"\nmatmul peak (2048^3): numpy float32 {report['matmul_peak_gflops']:.1f} GFLOP/s, "
+          f"TensorFlow bfloat16 {report['bfloat16_matmul_peak_gflops']:.1f} GFLOP/s (the peak "
+          "for mixed_bfloat16 rows)")
     load = report["data_loading"]
     print(f"data loading: cold {load['cold_seconds']:.2f} s, warm (cache) "
           f"{load['warm_seconds']:.2f} s")
-    print("\n| hidden | batch | params | samples/s | GFLOP/s | of peak | s/epoch (45k) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| hidden | batch | precision | params | samples/s | GFLOP/s | of peak "
+          "| s/epoch (45k) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for t in report["training"]:
-        print(f"| {'-'.join(map(str, t['hidden']))} | {t['batch_size']} | {t['params']:,} | "
+        print(f"| {'-'.join(map(str, t['hidden']))} | {t['batch_size']} | {t['precision']} | "
+              f"{t['params']:,} | "
               f"{t['samples_per_second']:.0f} | {t['gflops']:.1f} | {t['ratio_to_peak']:.0%} | "
               f"{t['epoch_seconds_full_train_set']:.1f} |")
     o = report["overhead"]
@@ -254,11 +284,13 @@ def print_table(report: dict) -> None:
           f"{o['overhead_seconds']:.1f} s, of which MLflow logging "
           f"{o['mlflow_logging_seconds']:.1f} s and data {o['data_seconds']:.1f} s")
     if report["presets"]:
-        print("\n| preset | test accuracy | training s | x default's training | epochs "
-              "| s to 99% of best val | GFLOP/s | of peak |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| preset | test accuracy | without TTA | training s | x default's training "
+              "| epochs | s to 99% of best val | GFLOP/s | of peak |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, p in report["presets"].items():
-            print(f"| {name} | {p['test_accuracy']:.4f} | {p['train_seconds']:.0f} | "
+            plain = p["test_accuracy_without_tta"]
+            print(f"| {name} | {p['test_accuracy']:.4f} | "
+                  f"{'-' if plain is None else f'{plain:.4f}'} | {p['train_seconds']:.0f} | "
                   f"{p['train_multiple_of_default']:.2f} | {p['epochs']} | "
                   f"{p['seconds_to_99pct_of_best_val']:.0f} | {p['gflops']:.1f} | "
                   f"{p['ratio_to_peak']:.0%} |")

@@ -116,4 +116,8 @@ OPTION_VARIANTS = {
     "lion": ["optimizer=lion"],
     "crop_flip_mix": ["augment=crop_flip", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
     "bfloat16": ["model.precision=mixed_bfloat16"],
+    # augmentation of the whitened image, each image whitened once before training
+    "zca_flip_translate": ["preprocess=zca", "augment=flip_translate"],
+    "zca_crop_flip_bfloat16": ["preprocess=zca", "augment=crop_flip",
+                               "model.precision=mixed_bfloat16"],
 }

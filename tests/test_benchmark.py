@@ -40,8 +40,22 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert fast["train_multiple_of_default"] == pytest.approx(
         fast["train_seconds"] / default["train_seconds"])
     assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1 and fast["gflops"] > 0
-    assert "| hidden | batch | params | samples/s | GFLOP/s | of peak |" in done.stdout
+    assert "| hidden | batch | precision | params | samples/s | GFLOP/s | of peak |" in done.stdout
     assert "| fast_mlp |" in done.stdout
+    assert first["precision"] == "float32" and default["precision"] == "float32"
+
+    # bfloat16 models are measured against the bfloat16 peak, measured in the same run
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
+         "--images", "64", "--widths", "16", "--presets", "", "--out", str(out),
+         "--overrides", "trainer.batch_size=32", "model.precision=mixed_bfloat16"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (bf16,) = report["training"]
+    assert bf16["precision"] == "mixed_bfloat16" and report["bfloat16_matmul_peak_gflops"] > 0
+    assert bf16["ratio_to_peak"] == pytest.approx(
+        bf16["gflops"] / report["bfloat16_matmul_peak_gflops"])
 
 
 @pytest.mark.slow

@@ -135,12 +135,22 @@ def test_matmul_flops_count_what_is_computed():
     mlp = build(hidden=[64, 32], n_classes=3)  # scale preprocessing: nothing fixed
     weights = [3072 * 64, 64 * 32, 32 * 3]
     flops = model.matmul_flops(mlp)
-    assert flops["inference"] == 2 * sum(weights)
+    assert flops["inference"] == flops["validation"] == 2 * sum(weights)
     # no input gradient for the first layer: 4 there, 6 per weight after it
     assert flops["train"] == 4 * weights[0] + 6 * (weights[1] + weights[2])
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), np.uint8)
     pca = preprocess.fit(OmegaConf.create({"name": "pca", "components": 20, "epsilon": 0.1}),
-                         np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), np.uint8))
+                         images)
     whitened = model.build(model_cfg(hidden=[64]), NO_AUGMENTATION, 3, pca, seed=0)
     fixed, first, last = 3072 * 20, 20 * 64, 64 * 3
-    assert model.matmul_flops(whitened) == {"inference": 2 * (fixed + first + last),
-                                            "train": 2 * fixed + 4 * first + 6 * last}
+    forward = 2 * (fixed + first + last)
+    assert model.matmul_flops(whitened) == {  # the fixed projection runs in every step
+        "inference": forward, "validation": forward, "once": 0,
+        "train": 2 * fixed + 4 * first + 6 * last}
+    # ZCA: each image is whitened once, before training, not in every epoch
+    zca = preprocess.fit(OmegaConf.create({"name": "zca", "epsilon": 0.1}), images)
+    whitened = model.build(model_cfg(hidden=[64]), NO_AUGMENTATION, 3, zca, seed=0)
+    fixed, first = 3072 * 3072, 3072 * 64
+    assert model.matmul_flops(whitened) == {
+        "inference": 2 * (fixed + first + last), "once": 2 * fixed,
+        "validation": 2 * (first + last), "train": 4 * first + 6 * last}

@@ -49,29 +49,40 @@ def test_scale_divides_by_255(splits):
     np.testing.assert_allclose(out, val.reshape(len(val), -1) / 255.0, rtol=1e-6)
 
 
-def test_zca_whitens_the_training_data(splits):
+def test_zca_whitens_the_training_images_and_their_mirror_images(splits):
     train, val = splits
     prep = preprocess.fit(cfg("zca", epsilon=1e-6), train)
-    np.testing.assert_allclose(prep.mean, train.reshape(len(train), -1).mean(axis=0))
+    both = np.concatenate([train, train[:, :, ::-1]])
+    np.testing.assert_allclose(prep.mean, both.reshape(len(both), -1).mean(axis=0))
     np.testing.assert_allclose(prep.whitening, prep.whitening.T, atol=1e-8)
-    out = transform(prep, train).astype(np.float64)
+    out = transform(prep, both).reshape(len(both), -1).astype(np.float64)
     eigvals = np.linalg.eigvalsh(np.cov(out, rowvar=False, bias=True))
-    # 64 centred images span 63 directions: those become unit variance, the rest stay 0
-    assert np.sum(eigvals > 0.99) == 63
+    # 128 centred images span 127 directions: those become unit variance, the rest stay 0
+    assert np.sum(eigvals > 0.99) == 127
     assert eigvals.max() < 1.01
-    assert transform(prep, val).shape == (16, 3072)
+    assert transform(prep, val).shape == (16, 32, 32, 3)  # whitened images, as images
+
+
+def test_zca_of_a_mirror_image_is_the_mirror_of_its_zca(splits):
+    # what lets a ZCA model augment whitened images, whitened once before training
+    train, val = splits
+    prep = preprocess.fit(cfg("zca", epsilon=0.1), train)
+    assert prep.image_out
+    np.testing.assert_allclose(transform(prep, val[:, :, ::-1]), transform(prep, val)[:, :, ::-1],
+                               atol=1e-4)
 
 
 def test_pca_whitens_the_top_components_of_the_training_data(splits):
     train, val = splits
     prep = preprocess.fit(cfg("pca", epsilon=1e-6, components=20), train)
     assert prep.whitening.shape == (3072, 20)
-    out = transform(prep, train).astype(np.float64)
-    assert out.shape == (64, 20)
+    out = transform(prep, np.concatenate([train, train[:, :, ::-1]])).astype(np.float64)
+    assert out.shape == (128, 20) and not prep.image_out
     # the 20 strongest directions, each scaled to unit variance and uncorrelated
     np.testing.assert_allclose(np.cov(out, rowvar=False, bias=True), np.eye(20), atol=1e-3)
-    # they are ZCA's top directions: projecting ZCA's output onto them keeps the same variance
-    flat = train.reshape(len(train), -1) / 255.0
+    # the top directions of the images and their mirror images
+    both = np.concatenate([train, train[:, :, ::-1]])
+    flat = both.reshape(len(both), -1) / 255.0
     centred = flat - flat.mean(axis=0)
     top = np.linalg.eigh(np.cov(centred, rowvar=False, bias=True))[1][:, ::-1][:, :20]
     np.testing.assert_allclose(np.abs(prep.whitening / np.linalg.norm(prep.whitening, axis=0)),

@@ -36,7 +36,13 @@ def test_same_seed_gives_identical_metrics_and_weights(variant, tiny_cifar, tmp_
     assert other["loss"] != history["loss"]
 
 
-def test_best_validation_epoch_weights_are_restored(tiny_cfg):
+# a ZCA model trains on images whitened once, through a model that shares its layers
+WHITENED_ONCE = ["preprocess=zca", "augment=crop_flip"]
+
+
+@pytest.mark.parametrize("variant", [[], WHITENED_ONCE], ids=["default", "zca"])
+def test_best_validation_epoch_weights_are_restored(variant, tiny_cifar, tmp_path):
+    tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
     tiny_cfg.trainer.epochs = 4
     tiny_cfg.trainer.early_stopping.monitor = "val_loss"
     tiny_cfg.trainer.early_stopping.mode = "min"
@@ -45,7 +51,8 @@ def test_best_validation_epoch_weights_are_restored(tiny_cfg):
     mlp, split, history = fit_once(tiny_cfg)
     assert len(history["val_loss"]) == 4  # null patience: every epoch runs
     restored = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names, 16)
-    # the restored weights are those of the best validation epoch, not of the last
+    # the restored weights are those of the best validation epoch, not of the last, and the
+    # model measured on raw images is the one trained (on whitened images, for ZCA)
     best = int(np.argmin(history["val_loss"]))
     assert abs(restored.accuracy - history["val_accuracy"][best]) < 1e-6
 
@@ -68,7 +75,9 @@ class InterruptAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_an_interrupted_fit_goes_on_from_its_checkpoint(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("variant", [[], WHITENED_ONCE], ids=["default", "zca"])
+def test_an_interrupted_fit_goes_on_from_its_checkpoint(variant, tiny_cifar, tmp_path):
+    tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
     tiny_cfg.trainer.epochs = 5
     tiny_cfg.trainer.early_stopping.patience = None
     with pytest.raises(KeyboardInterrupt):
