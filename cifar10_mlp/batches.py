@@ -63,10 +63,9 @@ class AugmentedBatches(keras.utils.PyDataset):
         """Batch ``index`` of ``epoch``."""
         rng = np.random.default_rng([self.seed, 3, epoch, index])
         ids = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        images, labels = self._crops(ids, rng), self.y[ids]
-        if self.cfg.flip == "alternating":
-            flipped = self.flip_phase[ids] ^ bool(epoch % 2)
-            images[flipped] = images[flipped, :, ::-1]
+        flipped = (self.flip_phase[ids] ^ bool(epoch % 2) if self.cfg.flip == "alternating"
+                   else np.zeros(len(ids), bool))
+        images, labels = self._crops(ids, flipped, rng), self.y[ids]
         mixes = [(mix, alpha) for mix, alpha in ((mixup, self.cfg.mixup_alpha),
                                                  (cutmix, self.cfg.cutmix_alpha)) if alpha > 0]
         if mixes:  # with both asked for, each batch uses one of them, chosen at random
@@ -74,15 +73,19 @@ class AugmentedBatches(keras.utils.PyDataset):
             images, labels = mix(images, labels, alpha, rng)
         return images, labels
 
-    def _crops(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        pad = self.cfg.crop_padding
-        if not pad:
-            return self.x[ids].copy()
-        size = self.x.shape[1]
-        top, left = rng.integers(0, 2 * pad + 1, (2, len(ids)))
-        rows = (top[:, None] + np.arange(size))[:, :, None]
-        cols = (left[:, None] + np.arange(size))[:, None, :]
-        return self.padded[ids[:, None, None], rows, cols]
+    def _crops(self, ids: np.ndarray, flipped: np.ndarray, rng: np.random.Generator
+               ) -> np.ndarray:
+        """The images ``ids``, each cropped at its own random offset of the padded image
+        (with crops asked for) and mirrored where ``flipped``."""
+        pad, size = self.cfg.crop_padding, self.x.shape[1]
+        top, left = (rng.integers(0, 2 * pad + 1, (2, len(ids))) if pad
+                     else np.zeros((2, len(ids)), int))
+        out = np.empty((len(ids), *self.x.shape[1:]), self.x.dtype)
+        # a copy per image: several times faster than one fancy-indexed gather
+        for k, (i, row, col, mirror) in enumerate(zip(ids, top, left, flipped, strict=True)):
+            window = self.padded[i, row:row + size, col:col + size]
+            out[k] = window[:, ::-1] if mirror else window
+        return out
 
 
 def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator

@@ -88,7 +88,9 @@ def as_layers(prep: Preprocessing, precision: str = "float32") -> list:
         whiten.set_weights([prep.whitening.astype(np.float32)])
         layers.append(whiten)
     if prep.image_out:
-        layers.append(keras.layers.Reshape(IMAGE_SHAPE, name=WHITENED_IMAGE))
+        # in the whitening's precision: the images whitened once take half the memory
+        # in bfloat16, and hold what the bfloat16 multiply gave
+        layers.append(keras.layers.Reshape(IMAGE_SHAPE, name=WHITENED_IMAGE, dtype=precision))
     return layers
 
 
