@@ -5,6 +5,7 @@ loading, the framework's own overhead, and the presets' time to accuracy.
     python scripts/benchmark.py                      # real data from $CIFAR10_PATH
     python scripts/benchmark.py --presets fast_mlp,best_mlp --out benchmark.json
     python scripts/benchmark.py --presets '' --overrides trainer.batch_size=128  # compare
+    python scripts/benchmark.py --presets '' --widths 2048-1024-512 --overrides preprocess=zca
 
 Timings are medians over --repeats; ratios (achieved / peak) are measured in the same run,
 over numpy's float32 peak, or TensorFlow's bfloat16 peak for ``model.precision=mixed_bfloat16``.
@@ -222,6 +223,9 @@ def main() -> None:
     parser.add_argument("--presets", default="fast_mlp",
                         help="','-separated experiment presets to train in full, after the "
                              "default run, their time unit ('' for none)")
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16",
+                        help="','-separated model.precision values: each width is measured "
+                             "in each, side by side")
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="config overrides for the throughput runs, e.g. "
                              "trainer.batch_size=128 trainer.jit_compile=true")
@@ -244,10 +248,11 @@ def main() -> None:
         report["training"] = []
         for widths in args.widths.split(";"):
             hidden = [int(w) for w in widths.split("-")]
-            print(f"training throughput {hidden} ...", flush=True)
-            report["training"].append(train_throughput(args.data, cache, hidden, args.images,
-                                                       1, args.repeats, peaks,
-                                                       args.overrides))
+            for precision in args.precisions.split(","):
+                print(f"training throughput {hidden} {precision} ...", flush=True)
+                report["training"].append(train_throughput(
+                    args.data, cache, hidden, args.images, 1, args.repeats, peaks,
+                    [f"model.precision={precision}", *args.overrides]))
         print("framework overhead ...", flush=True)
         report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
         report["presets"] = {}

@@ -16,7 +16,7 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
          "--images", "64", "--widths", "16;32-16", "--presets", "fast_mlp", "--out", str(out),
-         "--overrides", "trainer.batch_size=32"],
+         "--precisions", "float32", "--overrides", "trainer.batch_size=32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -44,16 +44,19 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert "| fast_mlp |" in done.stdout
     assert first["precision"] == "float32" and default["precision"] == "float32"
 
-    # bfloat16 models are measured against the bfloat16 peak, measured in the same run
+    # each width in each precision, side by side; bfloat16 rows against the bfloat16 peak,
+    # measured in the same run
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
          "--images", "64", "--widths", "16", "--presets", "", "--out", str(out),
-         "--overrides", "trainer.batch_size=32", "model.precision=mixed_bfloat16"],
+         "--overrides", "trainer.batch_size=32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    (bf16,) = report["training"]
-    assert bf16["precision"] == "mixed_bfloat16" and report["bfloat16_matmul_peak_gflops"] > 0
+    full, bf16 = report["training"]
+    assert (full["precision"], bf16["precision"]) == ("float32", "mixed_bfloat16")
+    assert full["hidden"] == bf16["hidden"] == [16] and full["params"] == bf16["params"]
+    assert report["bfloat16_matmul_peak_gflops"] > 0
     assert bf16["ratio_to_peak"] == pytest.approx(
         bf16["gflops"] / report["bfloat16_matmul_peak_gflops"])
 
@@ -65,18 +68,20 @@ def test_ablations_run_each_technique_against_best_mlp_and_time_it_by_the_defaul
     out = tmp_path / "ablations.json"
     done = subprocess.run(
         [sys.executable, str(script), "--data", str(tiny_cifar.archive), "--epochs", "1",
-         "--only", "tta_flip,pca", "--out", str(out)],
+         "--only", "float32,pca", "--out", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert list(rows) == ["default run", "best_mlp", "tta_flip", "pca"]
+    assert list(rows) == ["default run", "best_mlp", "float32", "pca"]
     assert rows["pca"]["overrides"] == ["experiment=best_mlp", "trainer.epochs=1",
                                         "preprocess=pca"]
-    assert rows["tta_flip"]["test_accuracy_without_tta"] is not None
+    # best_mlp tests with flip TTA: each row also has the same model's accuracy without it
+    assert rows["best_mlp"]["test_accuracy_without_tta"] is not None
+    assert rows["default run"]["test_accuracy_without_tta"] is None
     for name, row in rows.items():
         multiple = row["train_seconds"] / rows["default run"]["train_seconds"]
         assert f"| {name} | {row['test_accuracy']:.4f} |" in done.stdout
         assert f"| {multiple:.2f} |" in done.stdout.split(f"| {name} |")[1].splitlines()[0]
     done = subprocess.run([sys.executable, str(script), "--data", "x", "--only", "magic"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--only: unknown magic; known: pca," in done.stderr
+    assert done.returncode == 2 and "--only: unknown magic; known: float32," in done.stderr
