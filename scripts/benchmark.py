@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +36,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cifar10_mlp import cli  # noqa: E402,F401  (registers the config schemas)
+from cli_run import cli_run  # noqa: E402
 
-CLI = str(Path(sys.executable).parent / "cifar10-mlp")
+from cifar10_mlp import cli  # noqa: E402,F401  (registers the config schemas)
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -122,30 +121,6 @@ def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, ep
             "precision": cfg.model.precision,
             "ratio_to_peak": achieved / peaks[cfg.model.precision],
             "epoch_seconds_full_train_set": 45_000 / samples_per_second}
-
-
-def cli_run(overrides: list[str], workdir: Path) -> dict:
-    """Run `cifar10-mlp` and read its stage timings and metrics back from MLflow."""
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    start = time.perf_counter()
-    done = subprocess.run([CLI, *overrides, f"tracking.uri={uri}",
-                           "tracking.experiment=benchmark", "trainer.verbose=0"],
-                          cwd=workdir, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"cifar10-mlp {' '.join(overrides)} failed:\n{done.stderr[-3000:]}")
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("benchmark")
-    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
-                             max_results=1)[0]
-    epochs = client.get_metric_history(run.info.run_id, "epoch_seconds")
-    val = client.get_metric_history(run.info.run_id, "val_accuracy")
-    return {"wall_seconds": wall, "metrics": dict(run.data.metrics),
-            "split": (int(run.data.params["split.n_train"]), int(run.data.params["split.n_val"])),
-            "epoch_seconds": [m.value for m in sorted(epochs, key=lambda m: m.step)],
-            "val_accuracy": [m.value for m in sorted(val, key=lambda m: m.step)]}
 
 
 def overhead(path: str, cache: str, workdir: Path, repeats: int) -> dict[str, float]:
