@@ -4,7 +4,7 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from cifar10_mlp import plots, report
+from cifar10_mlp import plots, report, sweep_figures
 from cifar10_mlp.sweep_store import ChildRun
 from hydra_plugins.cifar10_mlp_optuna_sweeper.optuna_sweeper import as_override, distribution
 
@@ -138,3 +138,23 @@ def test_the_grid_of_a_sweep_is_the_one_hydra_launches():
     (hydra_jobs,) = BasicSweeper.split_arguments(parsed, None)
     assert grid_jobs(params, arguments) == hydra_jobs
     assert len(hydra_jobs) == 8
+
+
+def test_importance_credits_the_key_that_decides_the_score():
+    # a 2 x 2 grid over 3 seeds, as measured on the real data: the width decides validation
+    # accuracy (0.476 against 0.444 on average), the learning rate hardly (0.461 against 0.459)
+    measured = {("[512]", "0.001"): (0.447, 0.418, 0.461),
+                ("[512]", "0.003"): (0.452, 0.411, 0.473),
+                ("[1024, 512]", "0.001"): (0.482, 0.461, 0.497),
+                ("[1024, 512]", "0.003"): (0.477, 0.464, 0.474)}
+    runs = [ChildRun(f"{hidden} {lr} {i}", "job", "FINISHED",
+                     {"model.hidden": hidden, "optimizer.lr": lr, "seed": str(i)},
+                     {"selected_val_accuracy": val}, 1.0, None)
+            for (hidden, lr), vals in measured.items() for i, val in enumerate(vals)]
+    study = sweep_figures.runs_study(runs, ["model.hidden", "optimizer.lr"],
+                                     "selected_val_accuracy")
+    axes = sweep_figures.importance(study).axes[0]
+    bars = {label.get_text(): bar.get_width()
+            for label, bar in zip(axes.get_yticklabels(), axes.patches, strict=True)}
+    assert set(bars) == {"model.hidden", "optimizer.lr"}
+    assert bars["model.hidden"] > 2 * bars["optimizer.lr"]
