@@ -69,10 +69,14 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
     files = [report.write_csv(outcome, out_dir / "runs.csv")]
     (out_dir / "runs.md").write_text(report.to_markdown(outcome) + "\n")
     files.append(out_dir / "runs.md")
-    figures = _figures(uri, tags, children, outcome)
+    encoded = {name: pages.png(figure)
+               for name, figure in _figures(uri, tags, children, outcome).items()}
+    for name, data in encoded.items():  # beside the page, each figure as a PNG of its own
+        (out_dir / name).write_bytes(base64.b64decode(data))
+        files.append(out_dir / name)
     best_images = _best_run_images(uri, outcome, out_dir)
     files += [path for path in best_images.values()]
-    images = {**{CAPTIONS.get(name, name): pages.png(figure) for name, figure in figures.items()},
+    images = {**{CAPTIONS.get(name, name): data for name, data in encoded.items()},
               **{CAPTIONS[f"best_{name}"]: base64.b64encode(path.read_bytes()).decode()
                  for name, path in best_images.items()}}
     keys = tags.get("sweep_keys", "").split(",") if tags.get("sweep_keys") else outcome.swept
@@ -96,7 +100,7 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
                     if k in report.METRIC_COLUMNS}
     if groups and groups[0].n > 1:
         metrics["best_group_mean_val_accuracy"] = groups[0].mean
-    sweep_store.close_sweep(uri, parent_run_id, summary_tags, metrics, files, figures, end_as)
+    sweep_store.close_sweep(uri, parent_run_id, summary_tags, metrics, files, end_as)
     return Written(outcome, verdict, page, where_to_look(absolute_uri(uri),
                                                          parent.info.experiment_id, parent_run_id))
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
@@ -194,8 +193,7 @@ def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
 
 
 def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
-                metrics: dict[str, float], files: Sequence[Path], figures: dict[str, Figure],
-                status: str | None) -> None:
+                metrics: dict[str, float], files: Sequence[Path], status: str | None) -> None:
     """Record the sweep's outcome and report under ``report/`` of its parent and end it
     with ``status`` (FINISHED; KILLED for a sweep that was stopped; None: as it is)."""
     client = open_client(uri)
@@ -204,8 +202,6 @@ def close_sweep(uri: str, parent_run_id: str, tags: dict[str, str],
                      tags=[RunTag(k, v) for k, v in tags.items()])
     for path in files:
         client.log_artifact(parent_run_id, str(path), artifact_path="report")
-    for name, figure in figures.items():
-        client.log_figure(parent_run_id, figure, f"report/{name}")
     if status is not None:
         client.set_terminated(parent_run_id, status=status)
 

@@ -64,11 +64,11 @@ def test_parallel_grid_sweep_groups_runs_under_one_parent_with_a_report(tiny_cif
     best = max(children, key=lambda c: c.data.metrics["selected_val_accuracy"])
     assert parent.data.metrics["best_selected_val_accuracy"] == \
         best.data.metrics["selected_val_accuracy"]
+    report_names = ("index.html", "runs.csv", "runs.md", "best_confusion_matrix.png",
+                    "best_learning_curves.png", "validation_curves.png",
+                    "parallel_coordinates.png", "val_accuracy_by_hyperparameter.png")
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {f"report/{name}" for name in (
-        "index.html", "runs.csv", "runs.md", "best_confusion_matrix.png",
-        "best_learning_curves.png", "validation_curves.png", "parallel_coordinates.png",
-        "val_accuracy_by_hyperparameter.png")} <= report_files
+    assert {f"report/{name}" for name in report_names} <= report_files
     assert parent.info.run_name == "sweep model.hidden x optimizer.lr (4 jobs)"
     assert {c.info.run_name.split(": ")[1] for c in children} == {
         "model.hidden=[16] optimizer.lr=0.01", "model.hidden=[16] optimizer.lr=0.001",
@@ -77,6 +77,9 @@ def test_parallel_grid_sweep_groups_runs_under_one_parent_with_a_report(tiny_cif
     assert "| run | status | model.hidden | optimizer.lr |" in done.stdout
     assert sum(line.startswith("| job ") for line in done.stdout.splitlines()) == 4
     (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    # the same files beside the page, each figure a PNG
+    assert all((sweep_dir / name).is_file() for name in report_names)
+    assert (sweep_dir / "parallel_coordinates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv_lines = (sweep_dir / "runs.csv").read_text().splitlines()
     assert csv_lines[0].startswith("run,status,model.hidden,optimizer.lr,selected_val_accuracy")
     assert len(csv_lines) == 5
