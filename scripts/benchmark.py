@@ -40,6 +40,8 @@ from cli_run import cli_run  # noqa: E402
 
 from cifar10_mlp import cli  # noqa: E402,F401  (registers the config schemas)
 
+REFERENCE_RATE = 300.0  # numpy's float32 4096^3 GFLOP/s on the quiet reference machine
+
 
 def median_seconds(fn, repeats: int) -> float:
     times = []
@@ -56,6 +58,18 @@ def matmul_peak(n: int, repeats: int) -> float:
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     a @ b  # warm-up
     return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def numpy_matmul_rate(repeats: int = 3) -> float:
+    """R, numpy's float32 4096 x 4096 matmul rate in GFLOP/s: the yardstick of a reference
+    minute (60 s x 300 / R; R is 300 on the quiet reference machine)."""
+    return matmul_peak(4096, repeats)
+
+
+def reference_minutes(seconds: float, rate: float) -> float:
+    """``seconds`` measured where numpy multiplies at ``rate`` GFLOP/s, in reference
+    minutes: what they would have been on the quiet reference machine."""
+    return seconds / 60 * rate / REFERENCE_RATE
 
 
 def bfloat16_matmul_peak(n: int, repeats: int) -> float:
