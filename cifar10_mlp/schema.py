@@ -124,6 +124,7 @@ class SGDConfig:
     lr: float = allowed(positive())
     momentum: float = allowed(fraction())
     nesterov: bool = allowed(Flag("true or false"))
+    fused: bool = allowed(Flag("true or false"))
 
 
 @dataclass
@@ -134,6 +135,7 @@ class TwoMomentsConfig:
     lr: float = allowed(positive())
     beta_1: float = allowed(fraction())
     beta_2: float = allowed(fraction())
+    fused: bool = allowed(Flag("true or false"))
 
 
 @dataclass

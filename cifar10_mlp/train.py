@@ -17,25 +17,16 @@ from cifar10_mlp.data import DataSplit
 from cifar10_mlp.errors import UserError
 
 
-class LearningRateSetter(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate before every step from a step -> lr function."""
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``lr``, the learning rate of each epoch's last step, to the epoch's logs."""
 
-    def __init__(self, schedule: Callable[[int], float], steps_per_epoch: int):
+    def __init__(self, schedule: optim.WarmupSchedule):
         super().__init__()
         self.schedule = schedule
-        self.steps_per_epoch = steps_per_epoch
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        step = self.epoch * self.steps_per_epoch + batch
-        self.model.optimizer.learning_rate.assign(self.schedule(step))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
+            logs["lr"] = float(self.schedule(self.model.optimizer.iterations - 1))
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -50,20 +41,16 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class StopOnDivergence(keras.callbacks.Callback):
-    """Raises as soon as the training loss is NaN or infinite, naming the epoch."""
+    """Raises when an epoch's training loss is NaN or infinite, naming the epoch.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.epoch = 0
+    Checked once an epoch, on the epoch's mean loss (one NaN batch makes it NaN): a check
+    per batch would wait for every step to finish before Keras could start the next.
+    """
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(f"training loss became {float(loss)} in epoch "
-                                   f"{self.epoch + 1}, batch {batch + 1}")
+            raise TrainingDiverged(f"training loss became {float(loss)} in epoch {epoch + 1}")
 
 
 def epoch_callback(log_epoch: Callable[[int, dict[str, float]], None]
@@ -154,7 +141,7 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
                       (whiten.predict(x, batch_size=trainer_cfg.batch_size, verbose=0)
                        for x in (split.x_train, split.x_val)))
     trained.compile(
-        optimizer=optim.build(optimizer_cfg),
+        optimizer=optim.build(optimizer_cfg, schedule),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=trainer_cfg.label_smoothing),
         metrics=["accuracy"],
         jit_compile=trainer_cfg.jit_compile,
@@ -187,7 +174,7 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         epochs=trainer_cfg.epochs,
         initial_epoch=len(history),
         validation_data=(x_val, one_hot(split.y_val, n_classes)),
-        callbacks=[LearningRateSetter(schedule, steps_per_epoch), StopOnDivergence(), EpochTimer(),
+        callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(),
                    best_epoch, Checkpointer(checkpoint_dir, best_epoch, history), *callbacks],
         verbose=trainer_cfg.verbose,
     )
@@ -196,14 +183,16 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
 
 def split_at_whitening(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
     """A ZCA model as (its fixed first layers up to its whitened image, the rest of it),
-    two models sharing its layers and weights; ``(None, model)`` for other models.
+    two models sharing its layers and weights; ``(None, a model of all of it)`` for other
+    models. Either way the model trained is a new one on the same layers, so the model
+    itself (the one logged) is not compiled with the training's optimizer.
 
     Training applies the first part to each image once and trains the rest on the whitened
     images (12 KiB each in float32, 6 in bfloat16), instead of repeating the 3072 x 3072
     multiply every epoch.
     """
     if preprocess.WHITENED_IMAGE not in {layer.name for layer in model.layers}:
-        return None, model
+        return None, keras.Model(model.input, model.output, name=model.name)
     whitened = model.get_layer(preprocess.WHITENED_IMAGE).output
     return keras.Model(model.input, whitened), keras.Model(whitened, model.output)
 
