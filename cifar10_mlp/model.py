@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 
@@ -20,15 +22,18 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
     block per entry of ``hidden`` (x + Dense(w)(Dropout(act(Dense(expansion * w)(norm(x)))))),
     and a final norm. ``seed`` makes the initial weights, augmentation and dropout reproducible.
     ``precision`` (a Keras dtype policy) applies to the whitening multiply and the hidden
-    layers; the softmax classifier computes in float32.
+    layers; the softmax classifier computes in float32. ``fused_layers`` trains batch norm
+    and dropout with the cheaper layers of :mod:`fused_layers` (Keras' own at inference).
     """
     policy = model_cfg.precision
+    layers = _Layers.fused() if model_cfg.fused_layers else _Layers.keras()
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
     augmentation = preprocess.augmentation_layers(augment_cfg, seed)
     fixed = preprocess.as_layers(prep, policy)
     # a ZCA-whitened image is still an image, and whitening commutes with flips: augmenting
     # after it lets training whiten each image once (train.fit), not once per epoch
-    stages = ([*fixed, *augmentation, keras.layers.Flatten(name="flatten_whitened")]
+    # the flattening keeps the whitened image in the model's precision (no round trip)
+    stages = ([*fixed, *augmentation, keras.layers.Flatten(name="flatten_whitened", dtype=policy)]
               if prep.image_out else [*augmentation, *fixed])
     x = inputs
     for layer in stages:
@@ -42,7 +47,7 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
             dtype=policy)
 
     def dropout(i: int, name: str):
-        return keras.layers.Dropout(model_cfg.dropout, seed=seed + i, name=name, dtype=policy)
+        return layers.dropout(model_cfg.dropout, seed=seed + i, name=name, dtype=policy)
 
     def activation(i: int):
         return keras.layers.Activation(model_cfg.activation, name=f"{model_cfg.activation}_{i}",
@@ -52,7 +57,7 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
         for i, width in enumerate(model_cfg.hidden, start=1):
             # batch norm's own shift makes a bias redundant
             x = dense(width, f"dense_{i}", use_bias=model_cfg.norm != "batch", seed_offset=i)(x)
-            x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", policy, x)
+            x = _norm(layers, model_cfg.norm, f"{model_cfg.norm}_norm_{i}", policy, x)
             x = activation(i)(x)
             if model_cfg.dropout > 0:
                 x = dropout(i, f"dropout_{i}")(x)
@@ -60,14 +65,14 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
         width = model_cfg.hidden[0]
         x = dense(width, "projection", seed_offset=1000)(x)
         for i, _ in enumerate(model_cfg.hidden, start=1):
-            h = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_{i}", policy, x)
+            h = _norm(layers, model_cfg.norm, f"{model_cfg.norm}_norm_{i}", policy, x)
             h = dense(model_cfg.expansion * width, f"expand_{i}", seed_offset=2 * i)(h)
             h = activation(i)(h)
             if model_cfg.dropout > 0:
                 h = dropout(i, f"dropout_{i}")(h)
             h = dense(width, f"contract_{i}", seed_offset=2 * i + 1)(h)
             x = keras.layers.Add(name=f"residual_{i}", dtype=policy)([x, h])
-        x = _norm(model_cfg.norm, f"{model_cfg.norm}_norm_out", policy, x)
+        x = _norm(layers, model_cfg.norm, f"{model_cfg.norm}_norm_out", policy, x)
     outputs = keras.layers.Dense(
         n_classes,
         activation="softmax",
@@ -79,13 +84,31 @@ def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing
     return keras.Model(inputs, outputs, name="cifar10_mlp")
 
 
-def _norm(kind: str, name: str, policy: str, x):
+def _norm(layers: _Layers, kind: str, name: str, policy: str, x):
     """``x`` through batch or layer normalisation, or unchanged for ``none``."""
     if kind == "batch":
-        return keras.layers.BatchNormalization(name=name, dtype=policy)(x)
+        return layers.batch_norm(name=name, dtype=policy)(x)
     if kind == "layer":
         return keras.layers.LayerNormalization(name=name, dtype=policy)(x)
     return x
+
+
+@dataclass(frozen=True)
+class _Layers:
+    """The classes a model's batch norm and dropout layers are made of."""
+
+    batch_norm: type
+    dropout: type
+
+    @staticmethod
+    def keras() -> _Layers:
+        return _Layers(keras.layers.BatchNormalization, keras.layers.Dropout)
+
+    @staticmethod
+    def fused() -> _Layers:
+        from cifar10_mlp import fused_layers
+
+        return _Layers(fused_layers.FusedBatchNormalization, fused_layers.CheapDropout)
 
 
 def matmul_flops(model: keras.Model) -> dict[str, int]:

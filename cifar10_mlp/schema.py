@@ -116,6 +116,7 @@ class ModelConfig:
     weight_decay: float = allowed(Range(">= 0", low=0))
     initializer: str = allowed(one_of(INITIALIZERS))
     precision: str = allowed(one_of(PRECISIONS))
+    fused_layers: bool = allowed(Flag("true or false"))
 
 
 @dataclass

@@ -53,6 +53,7 @@ SCOPES = (
 )
 XLA_EXECUTION = "CpuExecutable::ExecuteAsyncOnStream"
 XLA_TYPE = "XlaProgram"
+XLA_KERNEL = re.compile(r"^[a-z_]+_fusion(\.\d+)?$")
 OP_EVENT = re.compile(r"^(?P<name>[^:]+):(?P<type>\w+)$")
 
 
@@ -101,8 +102,9 @@ def read_trace(logdir: Path) -> list[OpEvent]:
 
 def _op_of(event_name: str) -> tuple[str, str] | None:
     """(name, type) of an op event, or None for the profiler's other events. The work of
-    XLA-compiled code shows as executions of an XLA program, with no op names."""
-    if event_name == XLA_EXECUTION:
+    XLA-compiled code shows as executions of an XLA program and its fused kernels (which
+    may go on after the program's own event ends), with no op names."""
+    if event_name == XLA_EXECUTION or XLA_KERNEL.match(event_name):
         return "xla", XLA_TYPE
     match = OP_EVENT.match(event_name)
     if match is None or match["type"] in CALL_TYPES:
@@ -132,35 +134,37 @@ def attribute(events: Iterable[OpEvent], start_ns: float, end_ns: float,
               python: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, float]:
     """Share the wall time ``[start_ns, end_ns)`` out among categories, in nanoseconds.
 
-    At each instant the running ops share it equally (by ``category``); an instant with no
-    op running goes to the first category of ``python`` (name -> intervals) covering it,
-    or to ``OUTSIDE``. The result adds up to ``end_ns - start_ns``.
+    At each instant the running ops of the step share it equally (by ``category``). An
+    instant when none runs goes to the input pipeline if it is working (the step waits
+    for its batch; input work alongside the step's ops is not on its path), else to the
+    first category of ``python`` (name -> intervals) covering it, else to ``OUTSIDE``.
+    The result adds up to ``end_ns - start_ns``.
     """
-    python = python or {}
-    points: list[tuple[float, int, str]] = []
+    intervals: dict[str, list[tuple[float, float]]] = {}
     for event in events:
-        lo, hi = max(event.start_ns, start_ns), min(event.end_ns, end_ns)
-        if hi > lo:
-            points += [(lo, 1, category(event)), (hi, -1, category(event))]
-    for name, intervals in python.items():
-        for lo, hi in intervals:
+        intervals.setdefault(category(event), []).append((event.start_ns, event.end_ns))
+    fillers = [INPUT, *(python or {})]  # count only where no op of the step runs
+    for name, spans in (python or {}).items():
+        intervals.setdefault(name, []).extend(spans)
+    points: list[tuple[float, int, str]] = []
+    for kind, spans in intervals.items():
+        for lo, hi in spans:
             lo, hi = max(lo, start_ns), min(hi, end_ns)
             if hi > lo:
-                points += [(lo, 1, "python:" + name), (hi, -1, "python:" + name)]
+                points += [(lo, 1, kind), (hi, -1, kind)]
     points.sort(key=lambda p: (p[0], p[1]))
     shares = dict.fromkeys(CATEGORIES, 0.0)
     running: dict[str, int] = {}
     now = start_ns
     for at, change, kind in [*points, (end_ns, 0, "")]:
         if at > now:
-            ops = {k: n for k, n in running.items() if n > 0 and not k.startswith("python:")}
+            ops = {k: n for k, n in running.items() if n > 0 and k not in fillers}
             if ops:
                 total = sum(ops.values())
                 for k, n in ops.items():
                     shares[k] += (at - now) * n / total
             else:
-                covering = [k for k in python
-                            if running.get("python:" + k, 0) > 0]
+                covering = [k for k in fillers if running.get(k, 0) > 0]
                 shares[covering[0] if covering else OUTSIDE] += at - now
             now = at
         if kind:

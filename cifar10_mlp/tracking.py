@@ -132,11 +132,16 @@ class TrackedRun:
         """The Keras model as the run's MLflow 3 LoggedModel (``models:/<id>``, on the
         experiment's Models tab), with a signature of raw uint8 images and the class names
         in its metadata; the test metrics logged before it are linked to it. Returns its URI.
+        Layers that only train faster (``fused_layers``) are logged as Keras' own, so the
+        model loads wherever Keras does, without this package.
 
         No input example: ``log_model(input_example=...)`` writes the example before it
         creates the model folder and fails (mlflow/mlflow#16183), leaving a second, empty
         LoggedModel behind.
         """
+        from cifar10_mlp.fused_layers import with_keras_layers
+
+        model = with_keras_layers(model)
         info = mlflow.keras.log_model(
             model, name="model",
             signature=infer_signature(example, model.predict(example, verbose=0)),

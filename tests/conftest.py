@@ -120,4 +120,7 @@ OPTION_VARIANTS = {
     "zca_flip_translate": ["preprocess=zca", "augment=flip_translate"],
     "zca_crop_flip_bfloat16": ["preprocess=zca", "augment=crop_flip",
                                "model.precision=mixed_bfloat16"],
+    # Keras' own batch norm, dropout and optimizer, as before the fused ones
+    "keras_layers_and_optimizer": ["model.fused_layers=false", "optimizer.fused=false"],
+    "sgd": ["optimizer=sgd"],
 }

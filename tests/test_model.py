@@ -9,7 +9,7 @@ from cifar10_mlp import model, preprocess
 def model_cfg(**changes):
     base = {"hidden": [64, 32], "block": "dense", "expansion": 4, "activation": "relu",
             "dropout": 0.0, "norm": "none", "weight_decay": 0.0, "initializer": "he_normal",
-            "precision": "float32"}
+            "precision": "float32", "fused_layers": False}
     return OmegaConf.create({**base, **changes})
 
 
