@@ -52,7 +52,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     from cifar10_mlp import runtime
 
     runtime.start(cfg.trainer.threads)
-    from cifar10_mlp import data, evaluate, model, plots, preprocess, train
+    from cifar10_mlp import checkpoint, data, evaluate, model, plots, preprocess, train
 
     seconds: dict[str, float] = {}
     with stopwatch(seconds, "data"):
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                  "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
         checkpoints = Path(cfg.trainer.checkpoint_dir) / run.run_id
         if resume_run_id is not None:
-            run.log_missing_epochs(train.read_checkpoint(checkpoints)["history"])
+            run.log_missing_epochs(checkpoint.read_checkpoint(checkpoints)["history"])
         trial = train.TrialReporter(report_to_trial) if report_to_trial else None
         with stopwatch(seconds, "train"):
             history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule,

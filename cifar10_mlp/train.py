@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar10_mlp import batches, optim, preprocess
+from cifar10_mlp import batches, checkpoint, optim, preprocess
 from cifar10_mlp.data import DataSplit
 from cifar10_mlp.errors import UserError
 
@@ -80,44 +78,6 @@ class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite; the run cannot recover."""
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """After every epoch, saves what an interrupted run needs to go on from there.
-
-    ``last.keras`` holds the weights and optimizer state, ``best.npz`` the weights of the
-    best epoch so far, ``state.json`` the per-epoch logs and the early-stopping state.
-    Each file is written whole and then renamed, so an interruption leaves the previous
-    epoch's checkpoint intact.
-    """
-
-    def __init__(self, folder: Path, stopping: BestEpoch,
-                 history: list[dict[str, float]]):
-        super().__init__()
-        self.folder = folder
-        self.stopping = stopping
-        self.history = history
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.history.append({k: float(v) for k, v in (logs or {}).items()})
-        if self.stopping.best_epoch == epoch:
-            _replace(self.folder / "best.npz",
-                     lambda tmp: np.savez(tmp, *self.stopping.best_weights))
-        _replace(self.folder / "last.keras", self.model.save)
-        state = {"epochs_done": epoch + 1, "history": self.history,
-                 "early_stopping": {"best": float(self.stopping.best),
-                                    "best_epoch": self.stopping.best_epoch,
-                                    "wait": self.stopping.wait}}
-        _replace(self.folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(state)))
-
-
-def read_checkpoint(folder: Path) -> dict | None:
-    """The saved state of an interrupted run (per-epoch logs, epochs done), if any."""
-    try:
-        return json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedule_cfg,
         augment_cfg, seed: int, checkpoint_dir: Path,
         callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
@@ -147,11 +107,15 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         jit_compile=trainer_cfg.jit_compile,
     )
     stopping = trainer_cfg.early_stopping
-    state = read_checkpoint(checkpoint_dir)
+    state = checkpoint.read_checkpoint(checkpoint_dir)
     history = state["history"] if state else []
+    best_weights = None
+    if state:
+        trained.optimizer.build(trained.trainable_variables)  # so its saved state has a home
+        best_weights = checkpoint.restore(trained, checkpoint_dir)
     best_epoch = BestEpoch(
         carried=state["early_stopping"] if state else None,
-        carried_weights=_load_arrays(checkpoint_dir / "best.npz") if state else None,
+        carried_weights=best_weights,
         monitor=stopping.monitor,
         mode=stopping.mode,
         # null patience: never stop, but still restore the best epoch's weights
@@ -159,9 +123,6 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         restore_best_weights=True,
         verbose=1 if trainer_cfg.verbose else 0,
     )
-    if state:
-        trained.optimizer.build(trained.trainable_variables)  # so its saved state has a home
-        trained.load_weights(checkpoint_dir / "last.keras")
     targets = one_hot(split.y_train, n_classes)
     training = {"x": x_train, "y": targets, "batch_size": trainer_cfg.batch_size,
                 "shuffle": True}
@@ -169,15 +130,19 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         augmented = batches.AugmentedBatches(x_train, targets, trainer_cfg.batch_size,
                                              augment_cfg, seed)
         training, callbacks = {"x": augmented}, [augmented.epoch_setter(), *callbacks]
-    trained.fit(
-        **training,
-        epochs=trainer_cfg.epochs,
-        initial_epoch=len(history),
-        validation_data=(x_val, one_hot(split.y_val, n_classes)),
-        callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(),
-                   best_epoch, Checkpointer(checkpoint_dir, best_epoch, history), *callbacks],
-        verbose=trainer_cfg.verbose,
-    )
+    checkpointer = checkpoint.Checkpointer(checkpoint_dir, best_epoch, history)
+    try:
+        trained.fit(
+            **training,
+            epochs=trainer_cfg.epochs,
+            initial_epoch=len(history),
+            validation_data=(x_val, one_hot(split.y_val, n_classes)),
+            callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(), best_epoch,
+                       checkpointer, *callbacks],
+            verbose=trainer_cfg.verbose,
+        )
+    finally:  # an interrupted run's last checkpoint is on disk when fit() is left
+        checkpointer.wait()
     return {key: [epoch[key] for epoch in history] for key in history[0]} if history else {}
 
 
@@ -212,17 +177,6 @@ class BestEpoch(keras.callbacks.EarlyStopping):
             for key, value in self.carried.items():
                 setattr(self, key, value)
             self.best_weights = self.carried_weights
-
-
-def _load_arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path) as arrays:
-        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-
-
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(str(tmp))
-    os.replace(tmp, path)
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:

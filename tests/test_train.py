@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import OPTION_VARIANTS, compose_config, tiny_overrides
 
-from cifar10_mlp import data, evaluate, model, preprocess, train
+from cifar10_mlp import checkpoint, data, evaluate, model, preprocess, train
 
 
 def fit_once(cfg, checkpoints=None, callbacks=()):
@@ -82,7 +82,7 @@ def test_an_interrupted_fit_goes_on_from_its_checkpoint(variant, tiny_cifar, tmp
     tiny_cfg.trainer.early_stopping.patience = None
     with pytest.raises(KeyboardInterrupt):
         fit_once(tiny_cfg, tmp_path / "ck", callbacks=[InterruptAfter(2)])
-    saved = train.read_checkpoint(tmp_path / "ck")
+    saved = checkpoint.read_checkpoint(tmp_path / "ck")
     assert saved["epochs_done"] == 2 and len(saved["history"]) == 2
 
     mlp, split, history = fit_once(tiny_cfg, tmp_path / "ck")

@@ -1,0 +1,70 @@
+"""Checkpoints hold each epoch's values as they were at its end, written in the background."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from cifar10_mlp import checkpoint
+
+
+class Stopping:
+    best, best_epoch, wait = 0.5, 0, 0
+
+    def __init__(self, weights):
+        self.best_weights = weights
+
+
+def compiled_model():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_a_checkpoint_holds_the_epoch_end_values_though_training_moves_on(tmp_path):
+    model = compiled_model()
+    at_end = [v.numpy().copy() for v in [*model.weights, *model.optimizer.variables]]
+    saver = checkpoint.Checkpointer(tmp_path / "ck", Stopping(model.get_weights()), [])
+    saver.set_model(model)
+    saver.on_epoch_end(0, {"loss": 1.5})
+    for variable in model.weights:  # the next epoch changes the weights at once
+        variable.assign(np.zeros(variable.shape))
+    saver.wait()
+    saved = checkpoint.load_arrays(tmp_path / "ck" / checkpoint.LAST)
+    for ours, expected in zip(saved, at_end, strict=True):
+        np.testing.assert_array_equal(ours, expected)
+    state = json.loads((tmp_path / "ck" / checkpoint.STATE).read_text())
+    assert state["epochs_done"] == 1 and state["history"] == [{"loss": 1.5}]
+
+    fresh = compiled_model()  # and a model of the same shape takes it all back
+    best = checkpoint.restore(fresh, tmp_path / "ck")
+    np.testing.assert_array_equal(fresh.weights[0].numpy(), at_end[0])
+    np.testing.assert_array_equal(best[0], at_end[0])
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    model = compiled_model()
+    saver = checkpoint.Checkpointer(tmp_path, Stopping(model.get_weights()), [])
+    saver.set_model(model)
+    saver.on_epoch_end(0, {})
+    saver.wait()
+    inputs = keras.Input((5,))
+    other = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    other.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    other.optimizer.build(other.trainable_variables)
+    with pytest.raises(ValueError, match="saved from another model"):
+        checkpoint.restore(other, tmp_path)
+
+
+def test_a_failed_write_is_raised_in_the_training_thread(tmp_path):
+    model = compiled_model()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    saver = checkpoint.Checkpointer(blocked, Stopping(model.get_weights()), [])
+    saver.set_model(model)
+    saver.on_epoch_end(0, {})
+    with pytest.raises(OSError):
+        saver.wait()
