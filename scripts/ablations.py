@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """What each technique adds on its own: `best_mlp` with one change at a time, all on the same
 (shorter) schedule, against `best_mlp` itself, with the default run trained in the same
-invocation as the time reference.
+invocation beside them.
 
     python scripts/ablations.py --epochs 8                 # real data from $CIFAR10_PATH
     python scripts/ablations.py --epochs 8 --only pca,lion --out ablations.json
 
-Training seconds are also given as a multiple of the default run's training seconds measured
-here: these machines are shared and their speed varies 2x between sessions; the multiple does
-not. One run per row: differences below the seed spread (README, "Seed spread") are noise.
+Training seconds are also given in reference minutes, by numpy's float32 rate measured right
+before and right after each run (benchmark.py): these machines are shared and their speed
+varies 2x between sessions. One run per row: differences below the seed spread (README, "Seed
+spread") are noise.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark import numpy_matmul_rate, reference_minutes  # noqa: E402
 from cli_run import cli_run  # noqa: E402
 
 # one change each against best_mlp: a technique it uses taken out or swapped, or one it does
@@ -37,6 +39,9 @@ TECHNIQUES = {
     "lion": ["optimizer=lion"],
     "mixup": ["augment.mixup_alpha=0.2"],
     "cutmix": ["augment.cutmix_alpha=1.0"],
+    # the speed techniques: Keras' own layers and optimizer in training
+    "keras_layers": ["model.fused_layers=false"],
+    "keras_optimizer": ["optimizer.fused=false"],
 }
 
 
@@ -68,15 +73,18 @@ def main() -> None:
                 **{name: [*base, *TECHNIQUES[name]] for name in args.only.split(",")}}
         for name, overrides in plan.items():
             print(f"{name}: {' '.join(overrides) or '(defaults)'} ...", flush=True)
+            rate = numpy_matmul_rate()
             metrics = cli_run([*common, *overrides], workdir)["metrics"]
+            rate = min(rate, numpy_matmul_rate())
             rows[name] = {"overrides": overrides, "test_accuracy": metrics["test_accuracy"],
                           "train_seconds": metrics["time_train_seconds"],
+                          "train_reference_minutes": reference_minutes(
+                              metrics["time_train_seconds"], rate),
                           "test_accuracy_without_tta": metrics.get("test_accuracy_without_tta")}
             args.out.write_text(json.dumps(rows, indent=2))  # what is done survives a stop
-    reference = rows["default run"]["train_seconds"]
     base_accuracy = rows["best_mlp"]["test_accuracy"]
     print(f"\n| run | test accuracy | vs best_mlp ({args.epochs} epochs) | without TTA "
-          "| training s | x default run's training |")
+          "| training s | reference minutes |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         delta = "" if name == "default run" else \
@@ -84,7 +92,7 @@ def main() -> None:
         plain = row["test_accuracy_without_tta"]
         print(f"| {name} | {row['test_accuracy']:.4f} | {delta} | "
               f"{'-' if plain is None else f'{plain:.4f}'} | {row['train_seconds']:.0f} "
-              f"| {row['train_seconds'] / reference:.2f} |")
+              f"| {row['train_reference_minutes']:.2f} |")
     print(f"\nwritten to {args.out}")
 
 

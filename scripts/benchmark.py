@@ -13,8 +13,9 @@ Achieved GFLOP/s counts what is computed (``model.matmul_flops``): forward 2 per
 backward 4 per trainable weight, 2 in the first trainable layer (no input gradient); fixed
 whitening forward only, and a ZCA model's once per image, not per epoch; for presets, each
 epoch's validation pass (forward only) too.
-Each preset's training time is also given as a multiple of the default run's, trained in
-the same invocation (the machines are shared; their speed varies 2x, the multiple does not).
+Each preset's training time is also given in reference minutes: N x 60 s x 300 / R, R
+numpy's float32 4096^3 rate measured right before and right after the preset (the lower),
+300 GFLOP/s on the quiet reference machine (the machines are shared; their speed varies).
 """
 
 from __future__ import annotations
@@ -156,17 +157,23 @@ def overhead(path: str, cache: str, workdir: Path, repeats: int) -> dict[str, fl
     }
 
 
-def preset(name: str, path: str, cache: str, workdir: Path, peaks: dict[str, float]) -> dict:
-    """A preset's (``default``: no preset) test accuracy, training time, the time its
-    validation accuracy took, and the GFLOP/s its training achieved."""
+def preset(name: str, path: str, cache: str, workdir: Path, peaks: dict[str, float],
+           extra: list[str]) -> dict:
+    """A preset's (``default``: no preset) test accuracy, training time (also in reference
+    minutes, by numpy's float32 rate measured right before and right after it, the lower
+    of the two), the time its validation accuracy took, and the GFLOP/s its training
+    achieved."""
     chosen = [] if name == "default" else [f"experiment={name}"]
-    result = cli_run([f"data.path={path}", f"data.cache_dir={cache}", *chosen,
+    rate_before = numpy_matmul_rate()
+    result = cli_run([f"data.path={path}", f"data.cache_dir={cache}", *chosen, *extra,
                       "tracking.log_model=false"], workdir)
+    rates = (rate_before, numpy_matmul_rate())
     elapsed = np.cumsum(result["epoch_seconds"])
     best = max(result["val_accuracy"])
     reached = next(i for i, v in enumerate(result["val_accuracy"]) if v >= 0.99 * best)
     metrics = result["metrics"]
-    flops, precision = preset_flops([*chosen, f"data.path={path}", f"data.cache_dir={cache}"])
+    flops, precision = preset_flops([*chosen, *extra, f"data.path={path}",
+                                     f"data.cache_dir={cache}"])
     n_train, n_val = result["split"]
     computed = ((flops["train"] * n_train + flops["validation"] * n_val) * len(elapsed)
                 + flops["once"] * (n_train + n_val))
@@ -175,6 +182,9 @@ def preset(name: str, path: str, cache: str, workdir: Path, peaks: dict[str, flo
             # with test-time augmentation, the same model's accuracy without it
             "test_accuracy_without_tta": metrics.get("test_accuracy_without_tta"),
             "train_seconds": metrics["time_train_seconds"],
+            "numpy_float32_gflops_before_after": rates,
+            "train_reference_minutes": reference_minutes(metrics["time_train_seconds"],
+                                                         min(rates)),
             "epochs": len(elapsed),
             "best_val_accuracy": best,
             "seconds_to_99pct_of_best_val": float(elapsed[reached]),
@@ -199,6 +209,22 @@ def preset_flops(overrides: list[str]) -> tuple[dict[str, int], str]:
             cfg.model.precision)
 
 
+def measure_parts(report: dict, args, cache: str, workdir: Path, peaks: dict) -> None:
+    """Data loading, training throughput per width and precision, framework overhead."""
+    print("data loading ...", flush=True)
+    report["data_loading"] = load_times(args.data, args.repeats)
+    report["training"] = []
+    for widths in args.widths.split(";"):
+        hidden = [int(w) for w in widths.split("-")]
+        for precision in args.precisions.split(","):
+            print(f"training throughput {hidden} {precision} ...", flush=True)
+            report["training"].append(train_throughput(
+                args.data, cache, hidden, args.images, 1, args.repeats, peaks,
+                [f"model.precision={precision}", *args.overrides]))
+    print("framework overhead ...", flush=True)
+    report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,15 +235,19 @@ def main() -> None:
                         help="training images per throughput measurement")
     parser.add_argument("--widths", default="1024-512-256;512;2048-1024;2048-2048-2048",
                         help="';'-separated hidden widths to measure (the first is the default)")
-    parser.add_argument("--presets", default="fast_mlp",
-                        help="','-separated experiment presets to train in full, after the "
-                             "default run, their time unit ('' for none)")
+    parser.add_argument("--presets", default="default,fast_mlp",
+                        help="','-separated experiment presets to train in full, each timed "
+                             "in reference minutes ('default': the default run; '' for none)")
+    parser.add_argument("--preset-overrides", nargs="*", default=[],
+                        help="config overrides for the presets' runs, e.g. trainer.epochs=5")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16",
                         help="','-separated model.precision values: each width is measured "
                              "in each, side by side")
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="config overrides for the throughput runs, e.g. "
                              "trainer.batch_size=128 trainer.jit_compile=true")
+    parser.add_argument("--presets-only", action="store_true",
+                        help="only the peaks and the presets, no throughput or overhead")
     parser.add_argument("--out", type=Path, default=Path("benchmark.json"))
     args = parser.parse_args()
     if not args.data:
@@ -232,26 +262,13 @@ def main() -> None:
                  "mixed_bfloat16": bfloat16_matmul_peak(2048, max(5, args.repeats))}
         report["matmul_peak_gflops"] = peaks["float32"]
         report["bfloat16_matmul_peak_gflops"] = peaks["mixed_bfloat16"]
-        print("data loading ...", flush=True)
-        report["data_loading"] = load_times(args.data, args.repeats)
-        report["training"] = []
-        for widths in args.widths.split(";"):
-            hidden = [int(w) for w in widths.split("-")]
-            for precision in args.precisions.split(","):
-                print(f"training throughput {hidden} {precision} ...", flush=True)
-                report["training"].append(train_throughput(
-                    args.data, cache, hidden, args.images, 1, args.repeats, peaks,
-                    [f"model.precision={precision}", *args.overrides]))
-        print("framework overhead ...", flush=True)
-        report["overhead"] = overhead(args.data, cache, workdir, args.repeats)
+        if not args.presets_only:
+            measure_parts(report, args, cache, workdir, peaks)
         report["presets"] = {}
-        names = list(filter(None, args.presets.split(",")))
-        for name in ["default", *names] if names else []:  # the default run: the time unit
+        for name in filter(None, args.presets.split(",")):
             print(f"preset {name} ...", flush=True)
-            report["presets"][name] = preset(name, args.data, cache, workdir, peaks)
-            report["presets"][name]["train_multiple_of_default"] = (
-                report["presets"][name]["train_seconds"]
-                / report["presets"]["default"]["train_seconds"])
+            report["presets"][name] = preset(name, args.data, cache, workdir, peaks,
+                                             args.preset_overrides)
     args.out.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"\nwritten to {args.out}")
@@ -261,6 +278,24 @@ def print_table(report: dict) -> None:
     print(f"\nmatmul peak (2048^3): numpy float32 {report['matmul_peak_gflops']:.1f} GFLOP/s, "
           f"TensorFlow bfloat16 {report['bfloat16_matmul_peak_gflops']:.1f} GFLOP/s (the peak "
           "for mixed_bfloat16 rows)")
+    if "training" in report:
+        print_parts(report)
+    if report["presets"]:
+        print("\n| preset | test accuracy | without TTA | training s | reference minutes "
+              "| numpy GFLOP/s before, after | epochs | s to 99% of best val | GFLOP/s "
+              "| of peak |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, p in report["presets"].items():
+            plain = p["test_accuracy_without_tta"]
+            rates = ", ".join(f"{r:.0f}" for r in p["numpy_float32_gflops_before_after"])
+            print(f"| {name} | {p['test_accuracy']:.4f} | "
+                  f"{'-' if plain is None else f'{plain:.4f}'} | {p['train_seconds']:.0f} | "
+                  f"{p['train_reference_minutes']:.2f} | {rates} | {p['epochs']} | "
+                  f"{p['seconds_to_99pct_of_best_val']:.0f} | {p['gflops']:.1f} | "
+                  f"{p['ratio_to_peak']:.0%} |")
+
+
+def print_parts(report: dict) -> None:
     load = report["data_loading"]
     print(f"data loading: cold {load['cold_seconds']:.2f} s, warm (cache) "
           f"{load['warm_seconds']:.2f} s")
@@ -277,17 +312,6 @@ def print_table(report: dict) -> None:
           f"{o['train_seconds']:.1f} s, evaluation {o['evaluate_seconds']:.1f} s; overhead "
           f"{o['overhead_seconds']:.1f} s, of which MLflow logging "
           f"{o['mlflow_logging_seconds']:.1f} s and data {o['data_seconds']:.1f} s")
-    if report["presets"]:
-        print("\n| preset | test accuracy | without TTA | training s | x default's training "
-              "| epochs | s to 99% of best val | GFLOP/s | of peak |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for name, p in report["presets"].items():
-            plain = p["test_accuracy_without_tta"]
-            print(f"| {name} | {p['test_accuracy']:.4f} | "
-                  f"{'-' if plain is None else f'{plain:.4f}'} | {p['train_seconds']:.0f} | "
-                  f"{p['train_multiple_of_default']:.2f} | {p['epochs']} | "
-                  f"{p['seconds_to_99pct_of_best_val']:.0f} | {p['gflops']:.1f} | "
-                  f"{p['ratio_to_peak']:.0%} |")
 
 
 if __name__ == "__main__":

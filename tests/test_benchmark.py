@@ -15,8 +15,8 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
-         "--images", "64", "--widths", "16;32-16", "--presets", "fast_mlp", "--out", str(out),
-         "--precisions", "float32", "--overrides", "trainer.batch_size=32"],
+         "--images", "64", "--widths", "16;32-16", "--presets", "default,fast_mlp",
+         "--out", str(out), "--precisions", "float32", "--overrides", "trainer.batch_size=32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -35,10 +35,12 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert first["gflops"] == pytest.approx(  # as computed: 4 per first-layer weight
         (4 * 3072 * 16 + 6 * 16 * 10) * first["samples_per_second"] / 1e9)
     default, fast = report["presets"]["default"], report["presets"]["fast_mlp"]
-    assert list(report["presets"]) == ["default", "fast_mlp"]  # the time unit comes first
-    assert default["train_multiple_of_default"] == 1.0 and 1 <= default["epochs"] <= 20
-    assert fast["train_multiple_of_default"] == pytest.approx(
-        fast["train_seconds"] / default["train_seconds"])
+    assert list(report["presets"]) == ["default", "fast_mlp"]
+    for preset in (default, fast):  # timed by numpy's rate right before and after each
+        before, after = preset["numpy_float32_gflops_before_after"]
+        assert preset["train_reference_minutes"] == pytest.approx(
+            preset["train_seconds"] / 60 * min(before, after) / 300)
+    assert 1 <= default["epochs"] <= 20
     assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1 and fast["gflops"] > 0
     assert "| hidden | batch | precision | params | samples/s | GFLOP/s | of peak |" in done.stdout
     assert "| fast_mlp |" in done.stdout
@@ -60,9 +62,18 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert bf16["ratio_to_peak"] == pytest.approx(
         bf16["gflops"] / report["bfloat16_matmul_peak_gflops"])
 
+    # the presets alone, with overrides for their runs
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--presets-only",
+         "--presets", "default", "--preset-overrides", "trainer.epochs=1", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "training" not in report and report["presets"]["default"]["epochs"] == 1
+
 
 @pytest.mark.slow
-def test_ablations_run_each_technique_against_best_mlp_and_time_it_by_the_default(
+def test_ablations_run_each_technique_against_best_mlp_in_reference_minutes(
         tiny_cifar, tmp_path):
     script = SCRIPT.with_name("ablations.py")
     out = tmp_path / "ablations.json"
@@ -79,9 +90,10 @@ def test_ablations_run_each_technique_against_best_mlp_and_time_it_by_the_defaul
     assert rows["best_mlp"]["test_accuracy_without_tta"] is not None
     assert rows["default run"]["test_accuracy_without_tta"] is None
     for name, row in rows.items():
-        multiple = row["train_seconds"] / rows["default run"]["train_seconds"]
         assert f"| {name} | {row['test_accuracy']:.4f} |" in done.stdout
-        assert f"| {multiple:.2f} |" in done.stdout.split(f"| {name} |")[1].splitlines()[0]
+        minutes = f"| {row['train_reference_minutes']:.2f} |"
+        assert minutes in done.stdout.split(f"| {name} |")[1].splitlines()[0]
+        assert row["train_reference_minutes"] > 0
     done = subprocess.run([sys.executable, str(script), "--data", "x", "--only", "magic"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--only: unknown magic; known: float32," in done.stderr
