@@ -59,12 +59,14 @@ OP_EVENT = re.compile(r"^(?P<name>[^:]+):(?P<type>\w+)$")
 
 @dataclass(frozen=True)
 class OpEvent:
-    """One op TensorFlow ran: its full name (scopes included), type and wall interval."""
+    """One op TensorFlow ran: its full name (scopes included), type, wall interval and the
+    thread it ran on."""
 
     name: str
     type: str
     start_ns: float
     end_ns: float
+    thread: str = ""
 
 
 def read_trace(logdir: Path) -> list[OpEvent]:
@@ -96,7 +98,8 @@ def read_trace(logdir: Path) -> list[OpEvent]:
                 op = _op_of(names.get(event.metadata_id, ""))
                 if op is not None:
                     start = origin + line.timestamp_ns + event.offset_ps / 1000
-                    events.append(OpEvent(*op, start, start + event.duration_ps / 1000))
+                    events.append(OpEvent(*op, start, start + event.duration_ps / 1000,
+                                          line.name))
     return events
 
 
@@ -118,7 +121,8 @@ def category(event: OpEvent) -> str:
         return OPTIMIZER
     if event.type in MATMUL_TYPES:
         return PRODUCTS_BACKWARD if "gradient_tape/" in event.name else PRODUCTS_FORWARD
-    if event.type.startswith(("IteratorGetNext", "OptionalGetValue", "PyFunc", "EagerPyFunc")):
+    if (event.thread.startswith("tf_data")  # the input pipeline's own threads
+            or event.type.startswith(("IteratorGetNext", "OptionalGetValue", "PyFunc"))):
         return INPUT
     for pattern, kind in SCOPES:
         if pattern.search(event.name):

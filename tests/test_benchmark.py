@@ -40,6 +40,8 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
         before, after = preset["numpy_float32_gflops_before_after"]
         assert preset["train_reference_minutes"] == pytest.approx(
             preset["train_seconds"] / 60 * min(before, after) / 300)
+    assert default["of_own_shapes_rate"] == pytest.approx(
+        default["gflops"] / default["own_shapes_gflops"])
     assert 1 <= default["epochs"] <= 20
     assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1 and fast["gflops"] > 0
     assert "| hidden | batch | precision | params | samples/s | GFLOP/s | of peak |" in done.stdout

@@ -32,6 +32,11 @@ def test_each_op_belongs_to_its_part_of_the_step(name, kind, part):
     assert sp.category(OpEvent(name, kind, 0, 1)) == part
 
 
+def test_ops_of_the_input_pipeline_threads_are_input():
+    gather = OpEvent("GatherV2", "GatherV2", 0, 1, "tf_data_private_threadpool/123")
+    assert sp.category(gather) == sp.INPUT
+
+
 def test_wall_time_is_shared_out_and_adds_up():
     events = [OpEvent("dense_1/MatMul", "MatMul", 0, 40),  # alone, then beside a cast
               OpEvent("dense_2/Cast/Cast", "Cast", 20, 40),
