@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import numpy_matmul_rate, reference_minutes  # noqa: E402
 from cli_run import cli_run  # noqa: E402
+from measure import numpy_matmul_rate, reference_minutes  # noqa: E402
 
 # one change each against best_mlp: a technique it uses taken out or swapped, or one it does
 # not use added (test-time augmentation needs no row: every run with it also logs its

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import compose, numpy_matmul_rate  # noqa: E402
+from measure import compose, numpy_matmul_rate  # noqa: E402
 
 from cifar10_mlp import step_profile  # noqa: E402
 
