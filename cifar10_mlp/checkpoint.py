@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -24,13 +25,19 @@ class Checkpointer(keras.callbacks.Callback):
     thread while the next epoch trains, each file whole and then renamed, so an
     interruption leaves the previous epoch's checkpoint intact. The next epoch's
     checkpoint, and the end of training, wait for the write; a failed write is raised then.
+
+    ``saved`` gets each epoch's number (from 1) and logs once its checkpoint is on disk,
+    on the writing thread: what it records (the run's metrics) is then never ahead of
+    what a resumed run starts from, however the process ends.
     """
 
-    def __init__(self, folder: Path, stopping, history: list[dict[str, float]]):
+    def __init__(self, folder: Path, stopping, history: list[dict[str, float]],
+                 saved: Callable[[int, dict[str, float]], None] | None = None):
         super().__init__()
         self.folder = folder
         self.stopping = stopping
         self.history = history
+        self.saved = saved
         self._writer: threading.Thread | None = None
         self._failure: BaseException | None = None
 
@@ -69,6 +76,8 @@ class Checkpointer(keras.callbacks.Callback):
             _replace(self.folder / LAST,
                      lambda tmp: np.savez(tmp, *(tensor.numpy() for tensor in last)))
             _replace(self.folder / STATE, lambda tmp: Path(tmp).write_text(json.dumps(state)))
+            if self.saved is not None:
+                self.saved(state["epochs_done"], state["history"][-1])
         except BaseException as failure:  # handed to the training thread by wait()
             self._failure = failure
 

@@ -71,8 +71,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
         with stopwatch(seconds, "train"):
             history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule,
                                 cfg.augment, cfg.seed,
-                                checkpoints, callbacks=[train.epoch_callback(run.log_epoch),
-                                                        *([trial] if trial else [])])
+                                checkpoints, callbacks=[trial] if trial else [],
+                                log_epoch=run.log_epoch)
         pruned_epoch = trial.pruned_epoch if trial else None
         tta = cfg.evaluation.tta
         without_tta = {}  # with test-time augmentation: the same model's test accuracy without it

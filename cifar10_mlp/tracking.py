@@ -85,9 +85,9 @@ class TrackedRun:
     @uninterrupted()
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
         """One epoch's metrics (loss, accuracy, val_*, lr) at step = epoch number, and the
-        run's heartbeat, in one write."""
+        run's heartbeat, in one write (from any thread)."""
         now = time.time()
-        MlflowClient().log_batch(
+        MlflowClient(self.tracking_uri).log_batch(
             self.run_id, metrics=[Metric(k, v, int(now * 1000), step) for k, v in metrics.items()],
             tags=[RunTag(HEARTBEAT_TAG, str(round(now)))])
 

@@ -51,13 +51,6 @@ class StopOnDivergence(keras.callbacks.Callback):
             raise TrainingDiverged(f"training loss became {float(loss)} in epoch {epoch + 1}")
 
 
-def epoch_callback(log_epoch: Callable[[int, dict[str, float]], None]
-                   ) -> keras.callbacks.Callback:
-    """Hands each finished epoch's number (from 1) and metrics to ``log_epoch``."""
-    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log_epoch(
-        epoch + 1, {name: float(value) for name, value in (logs or {}).items()}))
-
-
 class TrialReporter(keras.callbacks.Callback):
     """Hands each epoch's validation accuracy to a search trial's ``report`` and stops
     training when it answers True (the trial is pruned); ``pruned_epoch`` is then the last
@@ -80,7 +73,9 @@ class TrainingDiverged(UserError, RuntimeError):
 
 def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedule_cfg,
         augment_cfg, seed: int, checkpoint_dir: Path,
-        callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        log_epoch: Callable[[int, dict[str, float]], None] | None = None
+        ) -> dict[str, list[float]]:
     """Train ``model`` on the split's training set, validating each epoch; return the
     per-epoch logs of the whole run. Augmentations the model's own layers cannot do
     (``batches.needed``) come from :class:`batches.AugmentedBatches`.
@@ -90,6 +85,8 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
     metric) are restored at the end, whether or not training stopped early. A checkpoint
     in ``checkpoint_dir`` from an interrupted run is picked up: training goes on after
     its last completed epoch with its weights, optimizer and early-stopping state.
+    ``log_epoch`` gets each epoch's number (from 1) and metrics once its checkpoint is
+    saved (:class:`checkpoint.Checkpointer`), so a resumed run never logs an epoch twice.
     """
     keras.utils.set_random_seed(seed)  # shuffling order; weights and dropout carry own seeds
     n_classes = len(split.class_names)
@@ -130,7 +127,7 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         augmented = batches.AugmentedBatches(x_train, targets, trainer_cfg.batch_size,
                                              augment_cfg, seed)
         training, callbacks = {"x": augmented}, [augmented.epoch_setter(), *callbacks]
-    checkpointer = checkpoint.Checkpointer(checkpoint_dir, best_epoch, history)
+    checkpointer = checkpoint.Checkpointer(checkpoint_dir, best_epoch, history, log_epoch)
     try:
         trained.fit(
             **training,

@@ -68,3 +68,21 @@ def test_a_failed_write_is_raised_in_the_training_thread(tmp_path):
     saver.on_epoch_end(0, {})
     with pytest.raises(OSError):
         saver.wait()
+
+
+def test_an_epoch_is_handed_on_only_once_its_checkpoint_is_on_disk(tmp_path):
+    # a run logs its epochs from here: were one logged first and the process then killed,
+    # the resumed run would train and log it again
+    model = compiled_model()
+    on_disk_when_handed = []
+
+    def saved(epoch, logs):
+        state = json.loads((tmp_path / checkpoint.STATE).read_text())
+        on_disk_when_handed.append((epoch, logs, state["epochs_done"]))
+
+    saver = checkpoint.Checkpointer(tmp_path, Stopping(model.get_weights()), [], saved)
+    saver.set_model(model)
+    saver.on_epoch_end(0, {"loss": 2.0})
+    saver.on_epoch_end(1, {"loss": 1.0})
+    saver.wait()
+    assert on_disk_when_handed == [(1, {"loss": 2.0}, 1), (2, {"loss": 1.0}, 2)]
