@@ -41,8 +41,8 @@ def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, ep
     whiten, trained = train.split_at_whitening(mlp)
     if whiten is not None:
         x = whiten.predict(x, batch_size=cfg.trainer.batch_size, verbose=0)
-    trained.compile(optimizer=optim.build(cfg.optimizer), loss="categorical_crossentropy",
-                    jit_compile=cfg.trainer.jit_compile)
+    trained.compile(optimizer=optim.build(cfg.optimizer, cfg.optimizer.lr),
+                    loss="categorical_crossentropy", jit_compile=cfg.trainer.jit_compile)
     fit = lambda: trained.fit(x, y, batch_size=cfg.trainer.batch_size,  # noqa: E731
                               epochs=epochs, verbose=0)
     fit()  # compile and warm up

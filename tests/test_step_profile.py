@@ -103,7 +103,8 @@ def test_profile_step_shares_out_a_real_step_and_rates_it_by_its_own_shapes(tiny
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert sum(result["parts_ms"].values()) == pytest.approx(result["step_ms"], rel=1e-6)
+    # trace times are float nanoseconds since the epoch: about 0.25 us apart at today's dates
+    assert sum(result["parts_ms"].values()) == pytest.approx(result["step_ms"], abs=1e-3)
     assert result["parts_ms"][sp.PRODUCTS_FORWARD] > 0
     assert result["parts_ms"][sp.OPTIMIZER] > 0  # the fused update's XLA program
     assert result["of_own_shapes_rate"] == pytest.approx(
