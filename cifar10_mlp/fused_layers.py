@@ -2,8 +2,8 @@
 
 Keras 3's ``BatchNormalization`` trains through a dozen separate ops (an upcast, two
 moments, the normalisation, their gradients), and its ``Dropout`` draws a float32 uniform
-number per unit: on a 2-core CPU they took 18% and 16% of ``best_mlp``'s training step
-(``scripts/profile_step.py``), more than its forward matrix products. The subclasses here
+number per unit: on a 2-core CPU together they took more of ``best_mlp``'s training step
+than its matrix products (README, Speed; ``scripts/profile_step.py``). The subclasses here
 compute the same functions in training and are Keras' own layers outside it:
 
 - ``FusedBatchNormalization`` normalises a batch with TensorFlow's fused batch-norm kernel

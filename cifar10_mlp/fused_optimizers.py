@@ -1,8 +1,8 @@
 """Optimizers whose update of each variable is one XLA-compiled kernel.
 
 Keras' own optimizers update a variable with a dozen element-wise TensorFlow ops, each
-a full pass over the weights and their moments: on a 2-core CPU, Keras' AdamW spent 35%
-of ``best_mlp``'s training step there (``scripts/profile_step.py``). Each class here does
+a full pass over the weights and their moments: on a 2-core CPU that was the largest part
+of ``best_mlp``'s training step (README, Speed; ``scripts/profile_step.py``). Each class does
 the same arithmetic as its Keras namesake, weight decay included, in one fused pass per
 variable. XLA is slow here for matrix products, not for element-wise work like this.
 
