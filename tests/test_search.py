@@ -381,3 +381,13 @@ def test_a_job_that_cannot_reach_the_study_says_where_it_looked(tmp_path):
 
 def test_no_trial_to_join_outside_an_optuna_search(tmp_path):
     assert join_trial(sweeper_settings(tmp_path), tmp_path) is None  # trial: null
+
+
+def test_the_preset_search_retunes_the_preset_on_a_shorter_schedule():
+    cfg = compose_config(["experiment=best_mlp", "hparams_search=preset_asha"], with_hydra=True)
+    preset = compose_config(["experiment=best_mlp"])
+    assert cfg.model.hidden == preset.model.hidden and cfg.preprocess == preset.preprocess
+    assert cfg.trainer.epochs < preset.trainer.epochs  # the search's shortened schedule
+    space = cfg.hydra.sweeper.params
+    assert set(space) == {"optimizer.lr", "model.dropout", "optimizer.weight_decay"}
+    assert cfg.hydra.sweeper.pruner == "successive_halving"
