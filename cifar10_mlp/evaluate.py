@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,22 +42,56 @@ class Evaluation:
 
 
 def measure(model, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
-            batch_size: int, tta: str = "none") -> Evaluation:
-    """Predict ``x`` with ``model`` and measure against ``y``. ``tta="flip"`` (test-time
-    augmentation) averages the probabilities for each image and its left-right mirror."""
-    probabilities = predict(model, x, batch_size, tta)
+            batch_size: int, tta: str = "none", shift: int = 0) -> Evaluation:
+    """Predict ``x`` with ``model`` (through the test-time augmentation ``tta``; see
+    :func:`views`) and measure against ``y``."""
+    probabilities = predict(model, x, batch_size, tta, shift)
     return from_probabilities(y, probabilities, class_names)
 
 
-def predict(model, x: np.ndarray, batch_size: int, tta: str = "none") -> np.ndarray:
-    """Class probabilities (N, n_classes) of uint8 images (N, 32, 32, 3)."""
+def predict(model, x: np.ndarray, batch_size: int, tta: str = "none", shift: int = 0
+            ) -> np.ndarray:
+    """Class probabilities (N, n_classes) of uint8 images (N, 32, 32, 3): the model's,
+    averaged over the views of each image that ``tta`` names."""
+    total = None
+    for view in views(x, tta, shift):
+        probabilities = model.predict(view, batch_size=batch_size, verbose=0)
+        total = probabilities if total is None else total + probabilities
+    return total / len(views_of(tta))
+
+
+def views_of(tta: str) -> tuple[str, ...]:
+    """The names of the views ``tta`` averages over, each image's own view first."""
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r}: expected one of {', '.join(TTA_MODES)}")
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
-    if tta == "flip":
-        mirrored = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
-        probabilities = (probabilities + mirrored) / 2
-    return probabilities
+    moved = ("up", "down", "left", "right") if tta == "flip_shift" else ()
+    plain = ("image", *moved)
+    return plain + tuple(f"mirrored {name}" for name in plain) if tta != "none" else plain
+
+
+def views(images: np.ndarray, tta: str, shift: int = 0) -> Iterator[np.ndarray]:
+    """Each view of ``images`` (N, height, width, channels) that ``tta`` averages over.
+
+    ``none``: the images; ``flip``: also their left-right mirrors; ``flip_shift``: each of
+    those also moved ``shift`` pixels up, down, left and right, with the borders reflected
+    as in the training crops (``augment.crop_padding``): the shifts a crop-trained MLP has
+    seen, whose predictions then vote as an ensemble.
+    """
+    names = views_of(tta)
+    height, width = images.shape[1:3]
+    if tta != "flip_shift":
+        shift = 0  # only flip_shift moves the images
+    elif not 0 < shift < min(height, width):
+        raise ValueError(f"tta=flip_shift needs a shift of 1 to {min(height, width) - 1} "
+                         f"pixels, got {shift}")
+    padded = (np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+              if shift else images)
+    offsets = {"image": (0, 0), "up": (shift, 0), "down": (-shift, 0),
+               "left": (0, shift), "right": (0, -shift)}
+    for name in names:
+        dy, dx = offsets[name.removeprefix("mirrored ")]
+        view = padded[:, shift + dy:shift + dy + height, shift + dx:shift + dx + width]
+        yield np.ascontiguousarray(view[:, :, ::-1] if name.startswith("mirrored") else view)
 
 
 def from_probabilities(y_true: np.ndarray, probabilities: np.ndarray,

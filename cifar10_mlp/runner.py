@@ -74,16 +74,16 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                                 checkpoints, callbacks=[trial] if trial else [],
                                 log_epoch=run.log_epoch)
         pruned_epoch = trial.pruned_epoch if trial else None
-        tta = cfg.evaluation.tta
+        tta, shift = cfg.evaluation.tta, cfg.evaluation.tta_shift
         without_tta = {}  # with test-time augmentation: the same model's test accuracy without it
         with stopwatch(seconds, "evaluate"):
             val = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names,
-                                   cfg.trainer.batch_size, tta)
+                                   cfg.trainer.batch_size, tta, shift)
             if pruned_epoch is None:
                 log.info("evaluating on the test set%s; logging results",
                          f" (test-time augmentation: {tta})" if tta != "none" else "")
                 test = evaluate.measure(mlp, split.x_test, split.y_test, split.class_names,
-                                        cfg.trainer.batch_size, tta)
+                                        cfg.trainer.batch_size, tta, shift)
                 if tta != "none":
                     without_tta = {"test_accuracy_without_tta": evaluate.measure(
                         mlp, split.x_test, split.y_test, split.class_names,

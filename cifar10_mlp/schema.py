@@ -54,7 +54,7 @@ PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca", "pca")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "lion")
 SCHEDULE_NAMES = ("constant", "cosine", "step")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid", "leaky_relu", "linear")
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "flip_shift")
 BLOCKS = ("dense", "residual")  # model.block
 NORMS = ("batch", "layer", "none")  # model.norm
 PRECISIONS = ("float32", "mixed_bfloat16")  # model.precision: Keras dtype policies
@@ -195,6 +195,7 @@ class TrainerConfig:
 class EvaluationConfig:
     misclassified_grid: int = allowed(at_least(1))
     tta: str = allowed(one_of(TTA_MODES))
+    tta_shift: int = allowed(Range("an integer from 1 to 8 (pixels)", low=1, high=8))
 
 
 @dataclass

@@ -189,7 +189,9 @@ def test_a_registered_model_needs_a_logged_model():
                                          "'latest' and v<number>"),
     ("tracking.registered_alias=V3", "other than 'latest' and v<number>"),
     ("evaluation.tta=rotate", "evaluation.tta='rotate' is not allowed: expected one of none, "
-                              "flip"),
+                              "flip, flip_shift"),
+    ("evaluation.tta_shift=9", "evaluation.tta_shift=9 is not allowed: expected an integer "
+                               "from 1 to 8 (pixels)"),
 ])
 def test_registry_names_and_tta_are_checked_before_training(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

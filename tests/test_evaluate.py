@@ -73,3 +73,38 @@ def test_flip_tta_averages_each_image_with_its_left_right_mirror():
     labels = np.array([0, 1, 2, 0, 1, 2])
     assert measure(model, images, labels, NAMES, 4, "flip").probabilities.tolist() == \
         averaged.tolist()
+
+
+def test_flip_shift_tta_averages_ten_views_moved_with_reflected_borders():
+    import keras
+
+    from cifar10_mlp.evaluate import predict, views
+
+    images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    shift = 2
+    every = list(views(images, "flip_shift", shift))
+    assert len(every) == 10
+    named = dict(zip(("image", "up", "down", "left", "right"), every[:5], strict=True))
+    for plain, mirror in zip(named.values(), every[5:], strict=True):
+        np.testing.assert_array_equal(mirror, plain[:, :, ::-1])
+    np.testing.assert_array_equal(named["image"], images)
+    # the content moves by the shift; the rows or columns it uncovers mirror the border
+    np.testing.assert_array_equal(named["up"][:, :-shift], images[:, shift:])
+    np.testing.assert_array_equal(named["up"][:, -1], images[:, -1 - shift])
+    np.testing.assert_array_equal(named["down"][:, shift:], images[:, :-shift])
+    np.testing.assert_array_equal(named["down"][:, 0], images[:, shift])
+    np.testing.assert_array_equal(named["left"][:, :, :-shift], images[:, :, shift:])
+    np.testing.assert_array_equal(named["right"][:, :, shift:], images[:, :, :-shift])
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    each = [model.predict(view, verbose=0) for view in views(images, "flip_shift", shift)]
+    np.testing.assert_allclose(predict(model, images, 4, "flip_shift", shift),
+                               np.mean(each, axis=0), rtol=1e-6)
+    # flip ignores the shift: the same two views as without one
+    np.testing.assert_array_equal(predict(model, images, 4, "flip", shift),
+                                  predict(model, images, 4, "flip"))
+    with pytest.raises(ValueError, match="needs a shift of 1 to 31 pixels, got 0"):
+        predict(model, images, 4, "flip_shift", 0)
