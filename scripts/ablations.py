@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_run import cli_run  # noqa: E402
+from cli_run import add_data_argument, cli_run  # noqa: E402
 from measure import numpy_matmul_rate, reference_minutes  # noqa: E402
 
 # one change each against best_mlp: a technique it uses taken out or swapped, or one it does
@@ -48,16 +47,13 @@ TECHNIQUES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_PATH"),
-                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")
+    add_data_argument(parser)
     parser.add_argument("--epochs", type=int, default=8,
                         help="epochs of every best_mlp variant (the default run keeps its own)")
     parser.add_argument("--only", default=",".join(TECHNIQUES),
                         help="','-separated techniques to run: " + ", ".join(TECHNIQUES))
     parser.add_argument("--out", type=Path, default=Path("ablations.json"))
     args = parser.parse_args()
-    if not args.data:
-        parser.error("give --data or set CIFAR10_PATH")
     unknown = set(args.only.split(",")) - set(TECHNIQUES)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; "

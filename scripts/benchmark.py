@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmark_parts import measure_parts, print_parts  # noqa: E402
-from cli_run import cli_run  # noqa: E402
+from cli_run import add_data_argument, cli_run  # noqa: E402
 from measure import (  # noqa: E402
     bfloat16_matmul_peak,
     compose,
@@ -108,8 +108,7 @@ def preset_flops(overrides: list[str]) -> tuple[dict[str, int], str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_PATH"),
-                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")
+    add_data_argument(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=10_000,
                         help="training images per throughput measurement")
@@ -130,9 +129,6 @@ def main() -> None:
                         help="only the peaks and the presets, no throughput or overhead")
     parser.add_argument("--out", type=Path, default=Path("benchmark.json"))
     args = parser.parse_args()
-    if not args.data:
-        parser.error("give --data or set CIFAR10_PATH")
-
     report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                 "python": platform.python_version()}}
     with tempfile.TemporaryDirectory() as tmp:

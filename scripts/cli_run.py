@@ -3,6 +3,8 @@ benchmark and the ablations time."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import time
@@ -33,3 +35,13 @@ def cli_run(overrides: list[str], workdir: Path) -> dict:
             "split": (int(run.data.params["split.n_train"]), int(run.data.params["split.n_val"])),
             "epoch_seconds": [m.value for m in sorted(epochs, key=lambda m: m.step)],
             "val_accuracy": [m.value for m in sorted(val, key=lambda m: m.step)]}
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: the CIFAR-10 archive or folder, by default ``$CIFAR10_PATH``, required
+    when that is unset. Made absolute: the runs it is handed to work in folders of their own,
+    where a relative path would name nothing."""
+    default = os.environ.get("CIFAR10_PATH")
+    parser.add_argument("--data", type=lambda path: str(Path(path).resolve()), default=default,
+                        required=default is None,
+                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")

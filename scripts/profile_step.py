@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cli_run import add_data_argument  # noqa: E402
 from measure import compose, numpy_matmul_rate  # noqa: E402
 
 from cifar10_mlp import step_profile  # noqa: E402
@@ -115,16 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for cifar10-mlp")
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_PATH"),
-                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")
+    add_data_argument(parser)
     parser.add_argument("--images", type=int, default=25_000,
                         help="training images (before the validation split) to train on")
     parser.add_argument("--first", type=int, default=10, help="first traced step")
     parser.add_argument("--steps", type=int, default=25, help="steps traced")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args()
-    if not args.data:
-        parser.error("give --data or set CIFAR10_PATH")
     rate_before = numpy_matmul_rate()
     result = profile([f"data.path={args.data}", *args.overrides], args.images, args.first,
                      args.steps)

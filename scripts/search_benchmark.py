@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CLI = str(Path(sys.executable).parent / "cifar10-mlp")
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from cli_run import CLI, add_data_argument  # noqa: E402
 
 
 def run_variant(name: str, args: list[str], folder: Path) -> dict:
@@ -63,8 +64,7 @@ def run_variant(name: str, args: list[str], folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("CIFAR10_PATH"),
-                        help="CIFAR-10 archive or folder (default: $CIFAR10_PATH)")
+    add_data_argument(parser)
     parser.add_argument("--preset", default="mlp_asha", help="an hparams_search preset")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--common", nargs="*",
@@ -77,15 +77,12 @@ def main() -> None:
                         help="keep each variant's folder here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("search_benchmark.json"))
     args = parser.parse_args()
-    if not args.data:
-        sys.exit("search_benchmark.py: give --data or set CIFAR10_PATH")
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="search-benchmark-"))
     results = {}
     for variant in args.variants:
         name, _, overrides = variant.partition("=")
         command = [f"hparams_search={args.preset}", f"hydra.sweeper.n_trials={args.trials}",
-                   f"data.path={Path(args.data).resolve()}", "tracking.experiment=search-benchmark",
+                   f"data.path={args.data}", "tracking.experiment=search-benchmark",
                    "trainer.verbose=0", *args.common, *overrides.split()]
         results[name] = run_variant(name, command, workdir / name)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """scripts/benchmark.py end to end on a tiny archive (numbers are not asserted, only sense)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 @pytest.mark.slow
 def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     out = tmp_path / "bench.json"
+    # relative, as the README writes it: the runs work in folders of their own
+    relative = os.path.relpath(tiny_cifar.archive, tmp_path)
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--repeats", "1",
+        [sys.executable, str(SCRIPT), "--data", relative, "--repeats", "1",
          "--images", "64", "--widths", "16;32-16", "--presets", "default,fast_mlp",
          "--out", str(out), "--precisions", "float32", "--overrides", "trainer.batch_size=32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
