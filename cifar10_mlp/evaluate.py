@@ -53,11 +53,9 @@ def predict(model, x: np.ndarray, batch_size: int, tta: str = "none", shift: int
             ) -> np.ndarray:
     """Class probabilities (N, n_classes) of uint8 images (N, 32, 32, 3): the model's,
     averaged over the views of each image that ``tta`` names."""
-    total = None
-    for view in views(x, tta, shift):
-        probabilities = model.predict(view, batch_size=batch_size, verbose=0)
-        total = probabilities if total is None else total + probabilities
-    return total / len(views_of(tta))
+    each = [model.predict(view, batch_size=batch_size, verbose=0)
+            for view in views(x, tta, shift)]
+    return sum(each[1:], each[0]) / len(each)
 
 
 def views_of(tta: str) -> tuple[str, ...]:
