@@ -58,24 +58,17 @@ def predict(model, x: np.ndarray, batch_size: int, tta: str = "none", shift: int
     return sum(each[1:], each[0]) / len(each)
 
 
-def views_of(tta: str) -> tuple[str, ...]:
-    """The names of the views ``tta`` averages over, each image's own view first."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta={tta!r}: expected one of {', '.join(TTA_MODES)}")
-    moved = ("up", "down", "left", "right") if tta == "flip_shift" else ()
-    plain = ("image", *moved)
-    return plain + tuple(f"mirrored {name}" for name in plain) if tta != "none" else plain
-
-
 def views(images: np.ndarray, tta: str, shift: int = 0) -> Iterator[np.ndarray]:
-    """Each view of ``images`` (N, height, width, channels) that ``tta`` averages over.
+    """Each view of ``images`` (N, height, width, channels) that ``tta`` averages over, the
+    images themselves first.
 
     ``none``: the images; ``flip``: also their left-right mirrors; ``flip_shift``: each of
     those also moved ``shift`` pixels up, down, left and right, with the borders reflected
     as in the training crops (``augment.crop_padding``): the shifts a crop-trained MLP has
     seen, whose predictions then vote as an ensemble.
     """
-    names = views_of(tta)
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta={tta!r}: expected one of {', '.join(TTA_MODES)}")
     height, width = images.shape[1:3]
     if tta != "flip_shift":
         shift = 0  # only flip_shift moves the images
@@ -84,12 +77,13 @@ def views(images: np.ndarray, tta: str, shift: int = 0) -> Iterator[np.ndarray]:
                          f"pixels, got {shift}")
     padded = (np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
               if shift else images)
-    offsets = {"image": (0, 0), "up": (shift, 0), "down": (-shift, 0),
-               "left": (0, shift), "right": (0, -shift)}
-    for name in names:
-        dy, dx = offsets[name.removeprefix("mirrored ")]
-        view = padded[:, shift + dy:shift + dy + height, shift + dx:shift + dx + width]
-        yield np.ascontiguousarray(view[:, :, ::-1] if name.startswith("mirrored") else view)
+    # (rows, columns) each view's window starts at: content moves up, down, left, right
+    starts = [(shift, shift)] + ([(2 * shift, shift), (0, shift), (shift, 2 * shift),
+                                  (shift, 0)] if shift else [])
+    moved = [padded[:, top:top + height, left:left + width] for top, left in starts]
+    yield from (np.ascontiguousarray(view) for view in moved)
+    if tta != "none":
+        yield from (np.ascontiguousarray(view[:, :, ::-1]) for view in moved)
 
 
 def from_probabilities(y_true: np.ndarray, probabilities: np.ndarray,
