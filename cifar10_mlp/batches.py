@@ -1,10 +1,13 @@
-"""Training batches with the augmentations a model layer cannot do: random crops of a padded
-image (a different offset per image), alternating flips, MixUp and CutMix (which mix labels).
+"""The training batches of every run: the training set in an order drawn for each epoch,
+with the augmentations a model layer cannot do: random crops of a padded image (a different
+offset per image), alternating flips, MixUp and CutMix (which mix labels).
 
 They run in numpy on the batches (uint8 images, or a ZCA model's whitened images), so the
-logged model stays free of them and takes plain images. Every batch draws from a generator
-seeded by (seed, epoch, batch), so a run is reproducible whatever order Keras asks for the
-batches in, and a resumed run sees the batches it would have seen.
+logged model stays free of them and takes plain images. The order of an epoch and every
+batch's draws come from generators seeded by (seed, epoch) and (seed, epoch, batch), so a
+run is reproducible whatever order Keras asks for the batches in, and a run resumed from
+a checkpoint sees the batches it would have seen had it not been stopped (Keras' own
+shuffling draws from TensorFlow's global generator, which a checkpoint cannot restore).
 """
 
 from __future__ import annotations
@@ -15,13 +18,7 @@ import keras
 import numpy as np
 
 
-def needed(augment_cfg) -> bool:
-    """Whether the config asks for any augmentation done here rather than in the model."""
-    return (augment_cfg.crop_padding > 0 or augment_cfg.flip == "alternating"
-            or augment_cfg.mixup_alpha > 0 or augment_cfg.cutmix_alpha > 0)
-
-
-class AugmentedBatches(keras.utils.PyDataset):
+class TrainingBatches(keras.utils.PyDataset):
     """(images, soft one-hot labels) batches of a shuffled training set, per epoch."""
 
     def __init__(self, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int, augment_cfg,
@@ -78,6 +75,8 @@ class AugmentedBatches(keras.utils.PyDataset):
         """The images ``ids``, each cropped at its own random offset of the padded image
         (with crops asked for) and mirrored where ``flipped``."""
         pad, size = self.cfg.crop_padding, self.x.shape[1]
+        if not pad and not flipped.any():
+            return self.x[ids]
         top, left = (rng.integers(0, 2 * pad + 1, (2, len(ids))) if pad
                      else np.zeros((2, len(ids)), int))
         out = np.empty((len(ids), *self.x.shape[1:]), self.x.dtype)

@@ -18,12 +18,13 @@ LAST, BEST, STATE = "last.npz", "best.npz", "state.json"
 class Checkpointer(keras.callbacks.Callback):
     """After every epoch, saves the run's state in ``folder``.
 
-    ``last.npz`` holds the model's weights and the optimizer's variables, ``best.npz`` the
-    weights of the best epoch so far (``stopping.best_weights``), ``state.json`` the
-    per-epoch logs and the early-stopping state. The epoch's values are taken at its end
-    (TensorFlow tensors do not change when their variables move on) and written by a
-    thread while the next epoch trains, each file whole and then renamed, so an
-    interruption leaves the previous epoch's checkpoint intact. The next epoch's
+    ``last.npz`` holds the model's weights, its random generators' states and the
+    optimizer's variables, ``best.npz`` the weights of the best epoch so far
+    (``stopping.best_weights``), ``state.json`` the per-epoch logs and the early-stopping
+    state. The epoch's values are taken at its end (TensorFlow tensors do not change when
+    their variables move on) and written by a thread while the next epoch trains, each
+    file whole and then renamed, so an interruption leaves the previous epoch's
+    checkpoint intact. The next epoch's
     checkpoint, and the end of training, wait for the write; a failed write is raised then.
 
     ``saved`` gets each epoch's number (from 1) and logs once its checkpoint is on disk,
@@ -110,7 +111,9 @@ def load_arrays(path: Path) -> list[np.ndarray]:
 
 
 def _saved_variables(model: keras.Model) -> list:
-    return [*model.weights, *model.optimizer.variables]
+    # variables: the weights and the states of the layers' random generators (dropout,
+    # augmentation), so a resumed run draws what it would have drawn
+    return [*model.variables, *model.optimizer.variables]
 
 
 def _replace(path: Path, write) -> None:

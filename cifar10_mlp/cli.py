@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from cifar10_mlp import runner, schema  # noqa: E402
+from cifar10_mlp import runner, schema, stopping  # noqa: E402
 from cifar10_mlp.data import DataError  # noqa: E402
 from cifar10_mlp.errors import UserError  # noqa: E402
 from cifar10_mlp.launch import (  # noqa: E402
@@ -43,17 +43,19 @@ log = logging.getLogger(__name__)
 
 def main() -> None:
     """`cifar10-mlp`: :func:`train`, where Ctrl-C or SIGTERM stops a sweep as a whole: its
-    jobs and parent run end KILLED and one line says how to continue."""
+    jobs and parent run end KILLED and one line says how to continue. A second Ctrl-C
+    meanwhile exits at once (the next resume or report ends what is left RUNNING)."""
     with sigterm_interrupts():
         try:
             train()
         except KeyboardInterrupt as stop:
-            for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C waits for this
-                signal.signal(signum, signal.SIG_IGN)
-            from cifar10_mlp.sweep import stop_open_sweep
-
             reason = str(stop) or "Ctrl-C"
-            sys.exit(stop_open_sweep(reason) or f"cifar10-mlp: stopped by {reason}")
+            with stopping.on_signals() as winding_down:
+                winding_down.ask(reason)  # so the next Ctrl-C is the second
+                from cifar10_mlp.sweep import stop_open_sweep
+
+                line = stop_open_sweep(reason)
+            sys.exit(line or f"cifar10-mlp: stopped by {reason}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -72,7 +74,7 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
     parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
     fill_launch_settings(cfg, hydra_cfg, sweeping)
     try:
-        with sigterm_interrupts():
+        with stopping.on_signals() as stop:
             if sweeping and sweep_stopping(cfg, parent_run_id):
                 log.info("the sweep is being stopped: this job does not start")
                 return math.nan
@@ -82,12 +84,13 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
                 return reused(earlier, cfg.tracking.uri)
             trial = search_trial(hydra_cfg) if sweeping else None
             summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None,
-                                 resume_run_id=earlier.run_id if earlier else None)
-    except KeyboardInterrupt:
+                                 resume_run_id=earlier.run_id if earlier else None, stop=stop)
+    except KeyboardInterrupt as stopped:
         if sweeping:  # the sweep stops as a whole (main)
             raise
-        sys.exit("cifar10-mlp: interrupted; the MLflow run is marked KILLED with the metrics "
-                 "logged so far")
+        sys.exit(f"cifar10-mlp: stopped by {stopped or 'Ctrl-C'}; the MLflow run, if it had "
+                 "started, is marked KILLED with every finished epoch; trainer.resume=true "
+                 "continues it")
     except Exception as err:
         if not sweeping:
             if isinstance(err, UserError):

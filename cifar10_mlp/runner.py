@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cifar10_mlp import schema
+from cifar10_mlp.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,22 @@ class RunSummary:
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None,
         report_to_trial: Callable[[int, float], bool] | None = None,
-        resume_run_id: str | None = None) -> RunSummary:
+        resume_run_id: str | None = None, stop: StopRequest | None = None) -> RunSummary:
     """Train and evaluate the model ``cfg`` describes, logging everything to MLflow.
 
     ``parent_run_id`` files the run under a sweep's parent run. ``report_to_trial`` gets
     each epoch's number and validation accuracy, and returns True to stop (a search trial
     pruned there): the run then ends without test evaluation, tagged ``pruned``.
     ``resume_run_id`` continues that interrupted run from its checkpoint, as
-    ``trainer.resume=true`` does with the experiment's latest one.
+    ``trainer.resume=true`` does with the experiment's latest one (or trains it again from
+    its first epoch when it was stopped before its first checkpoint).
+
+    ``stop`` is checked before every batch and between the stages (data, training, test
+    evaluation, figures, model logging, registration): once a signal asked for a stop,
+    :class:`stopping.StopRequested` is raised there, and the run ends KILLED with every
+    epoch it finished and its checkpoint kept.
     """
+    stop = stop or StopRequest()
     schema.validate(cfg)  # fail fast, before TensorFlow is imported
     from cifar10_mlp import store, tracking
 
@@ -59,6 +67,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
         split = data.load(cfg.data, cfg.seed)
         log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
         prep = preprocess.fit(cfg.preprocess, split.x_train)
+    stop.check()
     mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
     with tracking.start_run(cfg, overrides, split, parent_run_id,
                             resume_run_id=resume_run_id) as run:
@@ -66,13 +75,15 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                  "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
         checkpoints = Path(cfg.trainer.checkpoint_dir) / run.run_id
         if resume_run_id is not None:
-            run.log_missing_epochs(checkpoint.read_checkpoint(checkpoints)["history"])
+            saved = checkpoint.read_checkpoint(checkpoints)
+            run.log_missing_epochs(saved["history"] if saved else [], checkpoints)
         trial = train.TrialReporter(report_to_trial) if report_to_trial else None
         with stopwatch(seconds, "train"):
             history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule,
-                                cfg.augment, cfg.seed,
-                                checkpoints, callbacks=[trial] if trial else [],
+                                cfg.augment, cfg.seed, checkpoints,
+                                callbacks=[train.StopAtBatch(stop), *([trial] if trial else [])],
                                 log_epoch=run.log_epoch)
+        stop.check()
         pruned_epoch = trial.pruned_epoch if trial else None
         tta, shift = cfg.evaluation.tta, cfg.evaluation.tta_shift
         without_tta = {}  # with test-time augmentation: the same model's test accuracy without it
@@ -88,18 +99,22 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                     without_tta = {"test_accuracy_without_tta": evaluate.measure(
                         mlp, split.x_test, split.y_test, split.class_names,
                         cfg.trainer.batch_size).accuracy}
+                stop.check()
                 figures = plots.all_figures(test, history, split.x_test,
                                             cfg.evaluation.misclassified_grid)
             else:  # not selected: the test set is not spent on it
                 log.info("pruned after epoch %d: no test evaluation", pruned_epoch)
                 test, figures = None, {"learning_curves.png": plots.learning_curves(history)}
+        stop.check()
         model_uri = registered = None
         with stopwatch(seconds, "logging"):
             run.log_figures(figures)
+            stop.check()
             if test is not None:
                 run.log_test(test)  # before the model: its metrics are linked to it
                 if cfg.tracking.log_model:
                     model_uri = run.log_model(mlp, split.x_test[:5], split.class_names)
+                    stop.check()
                 if cfg.tracking.registered_model and parent_run_id is None:  # a sweep: its best
                     from cifar10_mlp import registry
 

@@ -33,6 +33,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp.data import DataSplit
+from cifar10_mlp.errors import UserError
 from cifar10_mlp.evaluate import Evaluation
 from cifar10_mlp.store import HEARTBEAT_TAG, absolute_uri, open_experiment
 
@@ -118,10 +119,14 @@ class TrackedRun:
         mlflow.log_metrics(metrics, run_id=self.run_id, model_id=self.model_id)
 
     @uninterrupted()
-    def log_missing_epochs(self, epochs: list[dict[str, float]]) -> None:
-        """Log the epochs of a checkpoint that an interruption kept from reaching MLflow."""
+    def log_missing_epochs(self, epochs: list[dict[str, float]], checkpoint: Path) -> None:
+        """Log the epochs of a checkpoint that an interruption kept from reaching MLflow
+        (``epochs``: the checkpoint's, none when the run stopped before its first one)."""
         logged = MlflowClient().get_metric_history(self.run_id, "loss")
         done = max((m.step for m in logged), default=0)
+        if done > len(epochs):  # training would start before epochs it has logged
+            raise UserError(f"run {self.run_id} logged {done} epochs, but its checkpoint in "
+                            f"{checkpoint} holds {len(epochs)}; start a new run instead")
         for step, logs in enumerate(epochs, start=1):
             if step > done:
                 mlflow.log_metrics(logs, step=step, run_id=self.run_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar10_mlp import batches, checkpoint, optim, preprocess
+from cifar10_mlp import batches, checkpoint, optim, preprocess, stopping
 from cifar10_mlp.data import DataSplit
 from cifar10_mlp.errors import UserError
 
@@ -67,6 +67,25 @@ class TrialReporter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StopAtBatch(keras.callbacks.Callback):
+    """Acts on a stop request (Ctrl-C, SIGTERM) before each training, validation or
+    prediction batch: the batch before has finished and no TensorFlow function is being
+    traced or run, so the run can end cleanly from there."""
+
+    def __init__(self, request: stopping.StopRequest):
+        super().__init__()
+        self.request = request
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.request.check()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.request.check()
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self.request.check()
+
+
 class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite; the run cannot recover."""
 
@@ -77,8 +96,8 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         log_epoch: Callable[[int, dict[str, float]], None] | None = None
         ) -> dict[str, list[float]]:
     """Train ``model`` on the split's training set, validating each epoch; return the
-    per-epoch logs of the whole run. Augmentations the model's own layers cannot do
-    (``batches.needed``) come from :class:`batches.AugmentedBatches`.
+    per-epoch logs of the whole run. The batches, with the augmentations the model's own
+    layers cannot do, come from :class:`batches.TrainingBatches`.
 
     A ZCA model whitens each image once, before training (:func:`split_at_whitening`).
     The weights of the best epoch by ``trainer.early_stopping.monitor`` (a validation
@@ -121,21 +140,18 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
         verbose=1 if trainer_cfg.verbose else 0,
     )
     targets = one_hot(split.y_train, n_classes)
-    training = {"x": x_train, "y": targets, "batch_size": trainer_cfg.batch_size,
-                "shuffle": True}
-    if batches.needed(augment_cfg):
-        augmented = batches.AugmentedBatches(x_train, targets, trainer_cfg.batch_size,
-                                             augment_cfg, seed)
-        training, callbacks = {"x": augmented}, [augmented.epoch_setter(), *callbacks]
+    training = batches.TrainingBatches(x_train, targets, trainer_cfg.batch_size, augment_cfg,
+                                       seed)
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, best_epoch, history, log_epoch)
     try:
         trained.fit(
-            **training,
+            training,
+            shuffle=False,  # in the batches' own order: Keras would reorder them at random
             epochs=trainer_cfg.epochs,
             initial_epoch=len(history),
             validation_data=(x_val, one_hot(split.y_val, n_classes)),
             callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(), best_epoch,
-                       checkpointer, *callbacks],
+                       checkpointer, training.epoch_setter(), *callbacks],
             verbose=trainer_cfg.verbose,
         )
     finally:  # an interrupted run's last checkpoint is on disk when fit() is left

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cifar10_mlp.batches import AugmentedBatches, cutmix, mixup, needed
+from cifar10_mlp.batches import TrainingBatches, cutmix, mixup
 
 N, SIZE = 24, 32
 
@@ -24,16 +24,23 @@ def source_ids(batches, epoch, index):
     return batches.order(epoch)[index * batches.batch_size:(index + 1) * batches.batch_size]
 
 
-def test_only_batch_augmentations_need_the_batches():
-    assert not needed(augment(flip="random", translate=0.1))
-    for changes in ({"flip": "alternating"}, {"crop_padding": 4}, {"mixup_alpha": 0.2},
-                    {"cutmix_alpha": 1.0}):
-        assert needed(augment(**changes))
+def test_without_augmentation_each_epoch_is_the_whole_set_once_in_its_own_order(data):
+    images, labels = data
+    batches = TrainingBatches(images, labels, 10, augment(), seed=3)
+    orders = []
+    for epoch in range(3):
+        seen = [batches.batch(epoch, index) for index in range(len(batches))]
+        ids = np.concatenate([source_ids(batches, epoch, i) for i in range(len(batches))])
+        assert sorted(ids) == list(range(N))  # every image once, the last batch short
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in seen]), images[ids])
+        np.testing.assert_array_equal(np.concatenate([y for _, y in seen]), labels[ids])
+        orders.append(tuple(ids))
+    assert len(set(orders)) == 3  # reshuffled every epoch
 
 
 def test_each_crop_is_a_window_of_the_reflect_padded_image_at_its_own_offset(data):
     images, labels = data
-    batches = AugmentedBatches(images, labels, 8, augment(crop_padding=4), seed=0)
+    batches = TrainingBatches(images, labels, 8, augment(crop_padding=4), seed=0)
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
     offsets = set()
     for index in range(len(batches)):
@@ -50,7 +57,7 @@ def test_each_crop_is_a_window_of_the_reflect_padded_image_at_its_own_offset(dat
 
 def test_alternating_flips_flip_each_image_every_other_epoch(data):
     images, labels = data
-    batches = AugmentedBatches(images, labels, N, augment(flip="alternating"), seed=0)
+    batches = TrainingBatches(images, labels, N, augment(flip="alternating"), seed=0)
     states = []
     for epoch in range(3):
         out, _ = batches.batch(epoch, 0)
@@ -97,9 +104,9 @@ def test_cutmix_pastes_a_box_and_weights_labels_by_its_area(data):
 def test_batches_repeat_for_the_same_seed_epoch_and_index_and_follow_fits_epoch(data):
     images, labels = data
     cfg = augment(flip="alternating", crop_padding=2, mixup_alpha=0.2, cutmix_alpha=1.0)
-    first = AugmentedBatches(images, labels, 8, cfg, seed=7)
-    again = AugmentedBatches(images, labels, 8, cfg, seed=7)
-    other = AugmentedBatches(images, labels, 8, cfg, seed=8)
+    first = TrainingBatches(images, labels, 8, cfg, seed=7)
+    again = TrainingBatches(images, labels, 8, cfg, seed=7)
+    other = TrainingBatches(images, labels, 8, cfg, seed=8)
     for epoch, index in ((0, 0), (1, 2), (5, 1)):
         for a, b in zip(first.batch(epoch, index), again.batch(epoch, index), strict=True):
             np.testing.assert_array_equal(a, b)

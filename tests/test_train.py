@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import OPTION_VARIANTS, compose_config, tiny_overrides
 
-from cifar10_mlp import checkpoint, data, evaluate, model, preprocess, train
+from cifar10_mlp import checkpoint, data, evaluate, model, preprocess, stopping, train
 
 
 def fit_once(cfg, checkpoints=None, callbacks=()):
@@ -93,3 +93,50 @@ def test_an_interrupted_fit_goes_on_from_its_checkpoint(variant, tiny_cifar, tmp
     # the restored weights are the best epoch's over all five, across the interruption
     restored = evaluate.measure(mlp, split.x_val, split.y_val, split.class_names, 16)
     assert restored.accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
+
+
+class AskToStopDuring(keras.callbacks.Callback):
+    """Asks for a stop after batch 1 of ``epoch`` (from 0), as Ctrl-C would there."""
+
+    def __init__(self, request, epoch):
+        super().__init__()
+        self.request, self.epoch, self.now = request, epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.now = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.now == self.epoch and batch == 1:
+            self.request.ask("Ctrl-C")
+
+
+# dropout, batch norm, in-model random flips and shifts, crops and MixUp in the batches:
+# every random draw a resumed run must repeat
+RESUMED_VARIANTS = [
+    pytest.param([], id="default"),
+    pytest.param([*WHITENED_ONCE, "augment.mixup_alpha=0.2", "model.precision=mixed_bfloat16"],
+                 id="zca_crop_mixup_bfloat16", marks=pytest.mark.slow),
+    pytest.param(["augment=flip_translate"], id="flip_translate", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("stopped_in", [0, 2], ids=["first_epoch", "third_epoch"])
+@pytest.mark.parametrize("variant", RESUMED_VARIANTS)
+def test_a_fit_stopped_mid_epoch_and_resumed_ends_as_if_never_stopped(
+        variant, stopped_in, tiny_cifar, tmp_path):
+    tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant,
+                               "trainer.epochs=5", "trainer.early_stopping.patience=null"])
+    whole, _, expected = fit_once(tiny_cfg, tmp_path / "whole")
+
+    request = stopping.StopRequest()
+    with pytest.raises(stopping.StopRequested, match="Ctrl-C"):
+        fit_once(tiny_cfg, tmp_path / "ck", [train.StopAtBatch(request),
+                                             AskToStopDuring(request, stopped_in)])
+    saved = checkpoint.read_checkpoint(tmp_path / "ck")  # the epochs before the stopped one
+    assert (saved["epochs_done"] if saved else 0) == stopped_in
+    resumed, _, history = fit_once(tiny_cfg, tmp_path / "ck")
+
+    for timing in (expected, history):  # wall time is the one thing that may differ
+        del timing["epoch_seconds"]
+    assert history == expected
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
