@@ -1,0 +1,51 @@
+"""Ctrl-C and SIGTERM are requests that a run acts on where stopping is safe."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cifar10_mlp import stopping
+
+
+def test_a_signal_only_asks_and_the_run_stops_where_it_checks():
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with stopping.on_signals() as request:
+        request.check()  # nothing asked yet
+        signal.raise_signal(signal.SIGTERM)  # no exception here, wherever the code was
+        assert request.reason == "SIGTERM"
+        signal.raise_signal(signal.SIGTERM)  # a scheduler repeating itself: still a request
+        with pytest.raises(stopping.StopRequested, match="SIGTERM") as stopped:
+            request.check()
+    assert isinstance(stopped.value, KeyboardInterrupt)  # ends a run as Ctrl-C always has
+    assert {s: signal.getsignal(s) for s in before} == before  # a worker's own handlers back
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job
+    try:
+        with stopping.on_signals() as request:
+            signal.raise_signal(signal.SIGINT)
+            assert request.reason is None
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once():
+    script = ("import signal, time\n"
+              "from cifar10_mlp import stopping\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "with stopping.on_signals() as request:\n"
+              "    signal.raise_signal(signal.SIGINT)\n"
+              "    print(request.reason, flush=True)\n"
+              "    signal.raise_signal(signal.SIGINT)\n"
+              "    time.sleep(30)\n"
+              "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 130
+    assert done.stdout == "Ctrl-C\n"
+    assert done.stderr.strip().startswith("cifar10-mlp: second Ctrl-C: stopped at once")
