@@ -55,7 +55,7 @@ def main() -> None:
                 from cifar10_mlp.sweep import stop_open_sweep
 
                 line = stop_open_sweep(reason)
-            sys.exit(line or f"cifar10-mlp: stopped by {reason}")
+            sys.exit(line or f"cifar10-mlp: stopped by {reason} before any run started")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
