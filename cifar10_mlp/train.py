@@ -142,12 +142,15 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
     targets = one_hot(split.y_train, n_classes)
     training = batches.TrainingBatches(x_train, targets, trainer_cfg.batch_size, augment_cfg,
                                        seed)
+    # a run stopped after its early-stopping epoch (testing it, say) trains no further
+    stopped_early = bool(state) and stopping.patience is not None and \
+        state["early_stopping"]["wait"] >= stopping.patience
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, best_epoch, history, log_epoch)
     try:
         trained.fit(
             training,
             shuffle=False,  # in the batches' own order: Keras would reorder them at random
-            epochs=trainer_cfg.epochs,
+            epochs=len(history) if stopped_early else trainer_cfg.epochs,
             initial_epoch=len(history),
             validation_data=(x_val, one_hot(split.y_val, n_classes)),
             callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(), best_epoch,

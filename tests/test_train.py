@@ -75,7 +75,8 @@ class InterruptAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("variant", [[], WHITENED_ONCE], ids=["default", "zca"])
+@pytest.mark.parametrize("variant", [pytest.param([], id="default"), pytest.param(
+    WHITENED_ONCE, id="zca", marks=pytest.mark.slow)])
 def test_an_interrupted_fit_goes_on_from_its_checkpoint(variant, tiny_cifar, tmp_path):
     tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
     tiny_cfg.trainer.epochs = 5
@@ -119,12 +120,13 @@ RESUMED_VARIANTS = [
     pytest.param(["augment=flip_translate"], id="flip_translate", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("stopped_in", [0, 2], ids=["first_epoch", "third_epoch"])
+@pytest.mark.parametrize("stopped_in", [pytest.param(0, id="first_epoch", marks=pytest.mark.slow),
+                                        pytest.param(2, id="third_epoch")])
 @pytest.mark.parametrize("variant", RESUMED_VARIANTS)
 def test_a_fit_stopped_mid_epoch_and_resumed_ends_as_if_never_stopped(
         variant, stopped_in, tiny_cifar, tmp_path):
     tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant,
-                               "trainer.epochs=5", "trainer.early_stopping.patience=null"])
+                               "trainer.epochs=4", "trainer.early_stopping.patience=null"])
     whole, _, expected = fit_once(tiny_cfg, tmp_path / "whole")
 
     request = stopping.StopRequest()
@@ -140,3 +142,16 @@ def test_a_fit_stopped_mid_epoch_and_resumed_ends_as_if_never_stopped(
     assert history == expected
     for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_resumed_after_its_early_stop_trains_no_further(tiny_cifar, tmp_path):
+    # stopped after its early-stopping epoch (in its test evaluation, say): what is resumed
+    # is the end of training, not one more epoch
+    tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=12",
+                               "trainer.early_stopping.patience=1", "optimizer.lr=0.05"])
+    first, _, history = fit_once(tiny_cfg, tmp_path / "ck")
+    assert len(history["loss"]) < 12  # it did stop early
+    again, _, resumed = fit_once(tiny_cfg, tmp_path / "ck")
+    assert resumed == history
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the best epoch's, restored
