@@ -24,8 +24,8 @@ class Checkpointer(keras.callbacks.Callback):
     state. The epoch's values are taken at its end (TensorFlow tensors do not change when
     their variables move on) and written by a thread while the next epoch trains, each
     file whole and then renamed, so an interruption leaves the previous epoch's
-    checkpoint intact. The next epoch's
-    checkpoint, and the end of training, wait for the write; a failed write is raised then.
+    checkpoint intact. The next epoch's checkpoint, and the end of training, wait for the
+    write; a failed write is raised then.
 
     ``saved`` gets each epoch's number (from 1) and logs once its checkpoint is on disk,
     on the writing thread: what it records (the run's metrics) is then never ahead of
