@@ -77,14 +77,15 @@ def build(children: list[ChildRun], objectives: dict[str, str] | None = None,
     started = {run.overrides for run in children}
     waiting = [(number, dict(o.split("=", 1) for o in job))
                for number, job in enumerate(planned or []) if overrides_tag(job) not in started]
-    rows += [{**dict.fromkeys(rows[0] if rows else ["run", "status"], ""),
-              "run": f"job {number}", "status": NOT_STARTED,
-              **{k: values[k] for k in swept if k in values}}
+    report = SweepReport(swept, objectives, rows, finished[0] if finished else None, front,
+                         len(finished), sum(status(run) == PRUNED for run in children),
+                         sum(run.status == "FAILED" for run in children),
+                         sum(run.status == "KILLED" for run in children), len(waiting))
+    # every column, also when no job had started (a sweep stopped that early)
+    rows += [{**dict.fromkeys(report.columns, ""), "run": f"job {number}",
+              "status": NOT_STARTED, **{k: values[k] for k in swept if k in values}}
              for number, values in waiting]
-    return SweepReport(swept, objectives, rows, finished[0] if finished else None, front,
-                       len(finished), sum(status(run) == PRUNED for run in children),
-                       sum(run.status == "FAILED" for run in children),
-                       sum(run.status == "KILLED" for run in children), len(waiting))
+    return report
 
 
 def pareto_front(runs: list[ChildRun], objectives: dict[str, str]) -> list[ChildRun]:

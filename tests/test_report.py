@@ -126,6 +126,15 @@ def test_planned_jobs_without_a_run_are_listed_as_not_started():
     assert "1 interrupted, 2 not started" in report.summary_line(built)
 
 
+def test_a_sweep_stopped_before_any_job_started_still_gets_its_table():
+    planned = [["optimizer.lr=0.1"], ["optimizer.lr=0.01"]]
+    built = report.build([], planned=planned)
+    assert built.n_not_started == 2
+    table = report.to_markdown(built).splitlines()
+    assert table[0] == "| " + " | ".join(built.columns) + " |"
+    assert table[2].startswith("| job 0 | NOT STARTED |") and len(table) == 4
+
+
 def test_the_grid_of_a_sweep_is_the_one_hydra_launches():
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference
 
