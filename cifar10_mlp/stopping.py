@@ -4,7 +4,7 @@ A signal handler that raised would throw KeyboardInterrupt at whatever line happ
 running: inside TensorFlow while it traces a function (which breaks TF's own state), in
 MLflow mid-write, in a launcher's bookkeeping. Instead, :func:`on_signals` only records
 the stop, and the run calls :meth:`StopRequest.check` where stopping is safe: before
-each training, validation and prediction batch (``train.StopAtBatch``) and between its
+each training and validation batch (``train.StopAtBatch``) and between its
 stages. A second Ctrl-C while the run winds down exits at once; its MLflow run, left
 RUNNING, is ended KILLED by the lost-run check of the next resume or report.
 """

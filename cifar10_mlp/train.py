@@ -68,9 +68,9 @@ class TrialReporter(keras.callbacks.Callback):
 
 
 class StopAtBatch(keras.callbacks.Callback):
-    """Acts on a stop request (Ctrl-C, SIGTERM) before each training, validation or
-    prediction batch: the batch before has finished and no TensorFlow function is being
-    traced or run, so the run can end cleanly from there."""
+    """Acts on a stop request (Ctrl-C, SIGTERM) before each training or validation batch:
+    the batch before has finished and no TensorFlow function is being traced or run, so
+    the run can end cleanly from there."""
 
     def __init__(self, request: stopping.StopRequest):
         super().__init__()
@@ -80,9 +80,6 @@ class StopAtBatch(keras.callbacks.Callback):
         self.request.check()
 
     def on_test_batch_begin(self, batch, logs=None):
-        self.request.check()
-
-    def on_predict_batch_begin(self, batch, logs=None):
         self.request.check()
 
 
