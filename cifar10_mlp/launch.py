@@ -1,20 +1,42 @@
-"""What a job takes from how it was launched: its sweep's parent run, run name, threads,
-and the Optuna trial it reports to.
+"""What a job takes from how it was launched (its sweep's parent run, run name, threads,
+the Optuna trial it reports to), and what our launchers share: running a job in a
+worker process, and reporting one whose worker was lost.
 
-Shared by the entry point (``cli.py``) and the sweep callback (``sweep.py``), which
-records jobs their launcher lost with the settings those jobs would have had.
+Shared by the entry point (``cli.py``), the sweep callback (``sweep.py``), which
+records jobs their launcher lost with the settings those jobs would have had, and the
+launchers in ``hydra_plugins``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 if TYPE_CHECKING:  # Optuna and MLflow are imported only by the jobs that need them
+    from hydra.types import HydraContext, TaskFunction
+
     from cifar10_mlp.study import JobTrial
     from cifar10_mlp.sweep_store import ChildRun
+
+log = logging.getLogger(__name__)
 
 # how sweep jobs learn their parent run (set by sweep.SweepTracker before jobs start);
 # not MLFLOW_RUN_ID, which MLflow would take as a run to resume
@@ -59,17 +81,19 @@ def _short(value: str) -> str:
 def cpus_per_job(launcher: DictConfig) -> int:
     """The cores one sweep job may use, read from the launcher's settings.
 
-    Ray's ``remote.num_cpus`` and submitit's ``cpus_per_task`` give them per job;
-    joblib's ``n_jobs`` parallel jobs share this machine's cores (-1: one job per core).
+    Ray's ``remote.num_cpus`` and submitit's ``cpus_per_task`` give them per job; the
+    ``n_jobs`` parallel jobs of joblib and ``processes`` share this machine's cores.
     """
     per_job = OmegaConf.select(launcher, "remote.num_cpus") or launcher.get("cpus_per_task")
     if per_job:
         return int(per_job)
-    cores = os.cpu_count() or 1
-    n_jobs = launcher.get("n_jobs") or 1
-    if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
-        n_jobs = cores + 1 + n_jobs
-    return max(1, cores // max(1, n_jobs))
+    return max(1, (os.cpu_count() or 1) // jobs_at_once(launcher.get("n_jobs") or 1))
+
+
+def jobs_at_once(n_jobs: int) -> int:
+    """How many jobs a launcher's ``n_jobs`` runs at once, in joblib's convention: a count,
+    or -1 for one per core, -2 for all cores but one, ..."""
+    return max(1, n_jobs if n_jobs > 0 else (os.cpu_count() or 1) + 1 + n_jobs)
 
 
 def search_trial(hydra_cfg: DictConfig) -> JobTrial | None:
@@ -99,3 +123,74 @@ def sweep_stopping(cfg: DictConfig, parent_run_id: str | None) -> bool:
     from cifar10_mlp.sweep_store import stopping
 
     return stopping(cfg.tracking.uri, parent_run_id)
+
+
+class JobLauncher(Launcher):
+    """What our launchers share: Hydra's setup, and how a launch begins."""
+
+    config: DictConfig
+    hydra_context: HydraContext
+    task_function: TaskFunction
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def begin_launch(self) -> Path:
+        """Hydra's resolvers and logging set up, as its launchers do; the sweep's folder."""
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return sweep_dir
+
+
+class JobLost(RuntimeError):
+    """A sweep job's worker process died (killed, out of memory, node lost) before it
+    returned; the message says how."""
+
+
+def job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str],
+               number: int, launcher: str) -> DictConfig:
+    """The config of the sweep's job ``number`` (its overrides applied), logged as Hydra's
+    launchers do."""
+    log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{launcher}_{number}"
+        sweep_config.hydra.job.num = number
+    return sweep_config
+
+
+def run_job_in_worker(hydra_context: HydraContext, sweep_config: DictConfig,
+                      task_function: TaskFunction, singleton_state: dict[Any, Any],
+                      launch_dir: str) -> JobReturn:
+    """One sweep job in a launcher's worker process, run from the launch folder where this
+    machine has it, so relative paths in the config mean what they mean to the launching
+    shell."""
+    if os.path.isdir(launch_dir):
+        os.chdir(launch_dir)
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    HydraConfig.instance().set_config(sweep_config)
+    return run_job(hydra_context=hydra_context, task_function=task_function,
+                   config=sweep_config, job_dir_key="hydra.sweep.dir",
+                   job_subdir_key="hydra.sweep.subdir")
+
+
+def report_lost_job(hydra_context: HydraContext, sweep_config: DictConfig,
+                    overrides: Sequence[str], how: str) -> JobReturn:
+    """What a launcher returns for a job whose worker died (``how``: e.g. "killed by
+    SIGKILL"): the sweep's callbacks hear of it as a FAILED job with :class:`JobLost` (the
+    sweep callback ends its run KILLED, ``error: process lost``, for ``sweep.resume=true``
+    to continue), and the sweeper gets a failed job's value, NaN (Hydra's basic sweeper would
+    abort the whole sweep on a FAILED return)."""
+    log.error("%s was lost: %s", job_name(sweep_config.hydra.job.num, filter_overrides(
+        overrides), os.environ.get(SWEPT_KEYS_ENV, "").split(",")), how)
+    lost = JobReturn(overrides=list(overrides), cfg=sweep_config, hydra_cfg=sweep_config,
+                     status=JobStatus.FAILED, _return_value=JobLost(how),
+                     task_name=sweep_config.hydra.job.name)
+    hydra_context.callbacks.on_job_end(config=sweep_config, job_return=lost)
+    return replace(lost, status=JobStatus.COMPLETED, _return_value=math.nan)

@@ -33,6 +33,7 @@ from cifar10_mlp.errors import UserError
 from cifar10_mlp.launch import (
     PARENT_RUN_ENV,
     SWEPT_KEYS_ENV,
+    JobLost,
     fill_launch_settings,
     job_overrides,
 )
@@ -71,7 +72,8 @@ class SweepTracker(Callback):
         self.parent_run_id: str | None = None
         self.config: DictConfig | None = None
         self.planned: list[list[str]] | None = None  # a grid's jobs, in Hydra's order
-        self.n_unrecorded = 0  # lost jobs whose FAILED run could not be written
+        self.n_lost = 0  # jobs whose worker process died, as their launcher reports
+        self.n_unrecorded = 0  # lost jobs whose run could not be written
 
     @_fails_the_sweep
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -120,11 +122,13 @@ class SweepTracker(Callback):
         # the job's own overrides, as its run records them (not the sweeper's hydra.* ones)
         overrides = [o for o in job_overrides(job_return.overrides)
                      if not o.startswith(("hydra.", "hydra/"))]
+        # the exception a FAILED job ended with (JobReturn.return_value would raise it)
+        error = job_return._return_value
+        self.n_lost += isinstance(error, JobLost)
         try:
-            sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id,
-                                        job_return._return_value)
+            sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id, error)
         except Exception:  # the other jobs go on; the sweep fails at its end
-            log.exception("could not record the lost job as a FAILED run")
+            log.exception("could not record the lost job's run")
             self.n_unrecorded += 1
 
     @_fails_the_sweep
@@ -133,10 +137,11 @@ class SweepTracker(Callback):
             return
         from cifar10_mlp import sweep_report
 
+        # a sweep with lost jobs ends KILLED, as a stopped one: sweep.resume=true continues it
         written = sweep_report.write(config.tracking.uri, self.parent_run_id,
                                      Path(config.hydra.sweep.dir),
                                      config.tracking.lost_after_minutes * 60, self.planned,
-                                     end_as="FINISHED")
+                                     end_as="KILLED" if self.n_lost else "FINISHED")
         self._close()
         print(written.text(self.parent_run_id))
         outcome = written.outcome
@@ -148,13 +153,23 @@ class SweepTracker(Callback):
                 config.tracking.registered_model, config.tracking.registered_alias)
             print(f"the best run's model ({outcome.best.name.split(': ')[0]}): registered as "
                   f"{registered}\n")
+        problems = []
+        total = (outcome.n_finished + outcome.n_pruned + outcome.n_failed
+                 + outcome.n_interrupted)
         if outcome.n_failed:
-            total = outcome.n_finished + outcome.n_pruned + outcome.n_failed
-            sys.exit(f"cifar10-mlp: {outcome.n_failed} of {total} sweep jobs failed; see the "
-                     "report above and their runs' `error` tags")
+            problems.append(f"{outcome.n_failed} of {total} sweep jobs failed; see the report "
+                            "above and their runs' `error` tags")
+        if self.n_lost:
+            again = ("run the same command again to continue the study" if self.planned is None
+                     else "run the same command with sweep.resume=true to continue them")
+            problems.append(f"{self.n_lost} of {total} sweep jobs lost their process (killed, "
+                            "e.g. out of memory, or stopped alone): their runs are KILLED with "
+                            f"every finished epoch; {again}")
         if self.n_unrecorded:
-            sys.exit(f"cifar10-mlp: {self.n_unrecorded} sweep jobs were lost by their launcher "
-                     "and could not be recorded; see the errors above")
+            problems.append(f"{self.n_unrecorded} sweep jobs were lost by their launcher and "
+                            "could not be recorded; see the errors above")
+        if problems:
+            sys.exit("cifar10-mlp: " + "; ".join(problems))
 
     def stop(self, reason: str) -> str:
         """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
@@ -213,6 +228,9 @@ class SweepPlan:
 def plan_sweep(config: DictConfig) -> SweepPlan:
     """The sweep's plan from its config; an Optuna search's settings are checked here, before
     anything is opened, so one that cannot work leaves no run behind."""
+    if config.hydra.launcher.get("n_jobs") == 0:  # processes and joblib: jobs at once
+        raise SweepError("hydra.launcher.n_jobs=0 is not allowed: expected the number of jobs "
+                         "to run at once (>= 1), or -1 for one per core, -2 for all but one, ...")
     sweeper = config.hydra.sweeper
     search_space = dict(sweeper.get("params") or {})
     arguments = job_overrides(config.hydra.overrides.task)

@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
+from cifar10_mlp.launch import JobLost
 from cifar10_mlp.store import alive, end_lost, open_client, open_experiment, process_lost
 from cifar10_mlp.tracking import (
     MAX_TAG_LENGTH,
@@ -28,6 +29,7 @@ from cifar10_mlp.tracking import (
     git_tags,
     overrides_tag,
     record_failed_run,
+    record_unopened_run,
 )
 
 # tag of a parent run: what its sweep runs (its Optuna study, or its grid of jobs)
@@ -223,26 +225,29 @@ def download_artifact(uri: str, run_id: str, path: str, destination: Path) -> Pa
         return None
 
 
-class JobLost(RuntimeError):
-    """A sweep job's worker died (killed, out of memory, node lost) before it returned."""
-
-
 def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str,
                     error: BaseException) -> None:
-    """Record a sweep job whose worker died as FAILED: the run it had opened, or a new
-    child run holding its config when it died before opening one."""
-    lost = JobLost(f"the job's worker died ({type(error).__name__}: "
-                   f"{str(error).splitlines()[0] if str(error) else ''})")
+    """Record a sweep job that its launcher reports FAILED, and so no job goes missing.
+
+    One whose worker process died (:class:`~cifar10_mlp.launch.JobLost`) ends KILLED with
+    ``error: process lost``, its epochs and checkpoint kept for ``sweep.resume=true``; any
+    other error ends it FAILED. Its run is the one it had opened, or, when it died before
+    opening one, a new child run holding its config.
+    """
+    lost = isinstance(error, JobLost)
     client = open_client(cfg.tracking.uri)
     parent = client.get_run(parent_run_id)
-    joined = overrides_tag(overrides)
-    opened = [run for run in client.search_runs(
-                  [parent.info.experiment_id],
-                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                "and attributes.status = 'RUNNING'")
-              if run.data.tags.get("overrides") == joined]
-    if not opened:
-        record_failed_run(cfg, overrides, parent_run_id, lost)
-        return
-    client.set_tag(opened[0].info.run_id, "error", f"JobLost: {lost}"[:MAX_TAG_LENGTH])
-    client.set_terminated(opened[0].info.run_id, status="FAILED")
+    own = [run for run in client.search_runs(
+               [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+           if run.data.tags.get("overrides") == overrides_tag(overrides)]
+    opened = [run for run in own if run.info.status == "RUNNING"]
+    if opened and lost:
+        end_lost(client, opened[0].info.run_id)
+    elif opened:
+        client.set_tag(opened[0].info.run_id, "error",
+                       f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
+        client.set_terminated(opened[0].info.run_id, status="FAILED")
+    elif lost and not own:
+        end_lost(client, record_unopened_run(cfg, overrides, parent_run_id))
+    elif not lost:
+        record_failed_run(cfg, overrides, parent_run_id, error)

@@ -165,9 +165,9 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     """Open a run in ``cfg.tracking``'s store and log the config, data and code version.
 
     ``parent_run_id`` makes it a child of a sweep's parent run; ``split`` is None only
-    for a run recorded as failed before its data was loaded; ``experiment`` replaces
+    for a run recorded before its data was loaded (failed, or lost); ``experiment`` replaces
     ``cfg.tracking.experiment``; ``resume_run_id`` reopens an interrupted run, whose
-    config and data are logged already.
+    config is logged already.
     """
     mlflow.set_tracking_uri(cfg.tracking.uri)
     experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
@@ -182,10 +182,11 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
             if resume_run_id is None:
                 mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
                 mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-                if split is not None:
-                    _log_split(split)
             elif "error" in active.data.tags:  # it goes on: no longer interrupted
                 MlflowClient().delete_tag(active.info.run_id, "error")
+            # a resumed run whose process died before it loaded the data has none logged
+            if split is not None and "split.n_train" not in active.data.params:
+                _log_split(split)
         try:
             yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri), experiment_id)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
@@ -210,6 +211,13 @@ def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: 
     """Record a run that failed before it could start (bad config or data) as FAILED."""
     with contextlib.suppress(type(error)), start_run(cfg, overrides, None, parent_run_id):
         raise error
+
+
+def record_unopened_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str) -> str:
+    """Open and close the run of a sweep job that never opened its own (its process died
+    first), holding its config; its id, for the caller to mark how it ended."""
+    with start_run(cfg, overrides, None, parent_run_id) as run:
+        return run.run_id
 
 
 def _log_split(split: DataSplit) -> None:

@@ -112,34 +112,66 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tiny_cifar, tmp_path):
     assert "FAILED" in done.stdout and "ConfigError" in done.stdout  # listed in the summary
 
 
-def test_a_job_lost_before_its_run_opened_is_recorded_failed_with_its_config(
+def test_a_job_lost_before_its_run_opened_is_recorded_killed_with_its_config(
         tiny_cifar, tmp_path, monkeypatch):
     from conftest import compose_config
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import open_dict
 
-    from cifar10_mlp.launch import PARENT_RUN_ENV, SWEPT_KEYS_ENV
+    from cifar10_mlp.launch import PARENT_RUN_ENV, SWEPT_KEYS_ENV, JobLost
     from cifar10_mlp.sweep import SweepTracker
 
     monkeypatch.setenv(PARENT_RUN_ENV, "")  # restored after the test
     monkeypatch.setenv(SWEPT_KEYS_ENV, "")
-    job = ["optimizer.lr=0.01"]
-    config = compose_config([*sweep_overrides(tiny_cifar, tmp_path), *job], with_hydra=True)
-    with open_dict(config):
-        config.hydra.job.num = 3
+    config = compose_config([*sweep_overrides(tiny_cifar, tmp_path), "optimizer.lr=0.01"],
+                            with_hydra=True)
     tracker = SweepTracker()
     tracker.on_multirun_start(config)
-    # what a launcher reports for a job whose worker died while starting
-    tracker.on_job_end(config, JobReturn(overrides=job, status=JobStatus.FAILED,
-                                         _return_value=RuntimeError("worker killed")))
+    # what a launcher reports for a job whose process died while starting (job 3), and for
+    # one that failed otherwise (job 4)
+    for number, lr, error in ((3, "0.01", JobLost("killed by SIGKILL")),
+                              (4, "0.001", RuntimeError("unpicklable return"))):
+        with open_dict(config):
+            config.hydra.job.num = number
+            config.optimizer.lr = float(lr)
+        tracker.on_job_end(config, JobReturn(overrides=[f"optimizer.lr={lr}"],
+                                             status=JobStatus.FAILED, _return_value=error))
 
-    client, (parent,), (lost,) = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
-    assert lost.info.status == "FAILED" and lost.info.run_name == "job 3"
+    client, (parent,), children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "tests")
+    lost, failed = sorted(children, key=lambda run: run.info.run_name)
+    assert lost.info.status == "KILLED" and lost.info.run_name == "job 3"
     assert lost.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert lost.data.tags["error"] == \
-        "JobLost: the job's worker died (RuntimeError: worker killed)"
+    assert lost.data.tags["error"] == "process lost"  # so sweep.resume=true runs it again
     assert lost.data.params["optimizer.lr"] == "0.01"  # its config, as for any job
     assert lost.data.tags["overrides"] == "optimizer.lr=0.01"
+    assert failed.info.status == "FAILED" and failed.info.run_name == "job 4"
+    assert failed.data.tags["error"] == "RuntimeError: unpicklable return"
+    assert tracker.n_lost == 1
+
+
+def test_n_jobs_zero_is_refused_before_the_sweep_opens_anything(tmp_path):
+    from conftest import compose_config
+
+    from cifar10_mlp.sweep import SweepError, plan_sweep
+
+    config = compose_config(["hydra/launcher=processes", "hydra.launcher.n_jobs=0",
+                             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"], with_hydra=True)
+    with pytest.raises(SweepError, match=r"hydra.launcher.n_jobs=0 is not allowed: expected "
+                                         r"the number of jobs to run at once \(>= 1\), or -1"):
+        plan_sweep(config)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("n_jobs, cores, at_once, threads", [
+    (2, 8, 2, 4), (-1, 8, 8, 1), (-2, 8, 7, 1), (16, 8, 16, 1), (-1, 1, 1, 1)])
+def test_parallel_jobs_share_the_cores(n_jobs, cores, at_once, threads, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from cifar10_mlp.launch import cpus_per_job, jobs_at_once
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert jobs_at_once(n_jobs) == at_once
+    assert cpus_per_job(OmegaConf.create({"n_jobs": n_jobs})) == threads
 
 
 def terminal_sigint():
