@@ -77,6 +77,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
         if resume_run_id is not None:
             saved = checkpoint.read_checkpoint(checkpoints)
             run.log_missing_epochs(saved["history"] if saved else [], checkpoints)
+            log.info("continuing the interrupted run %s", f"from its checkpoint after epoch "
+                     f"{len(saved['history'])}" if saved else "from its first epoch (stopped "
+                     "before its first checkpoint)")
         trial = train.TrialReporter(report_to_trial) if report_to_trial else None
         with stopwatch(seconds, "train"):
             history = train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule,

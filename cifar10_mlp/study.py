@@ -1,8 +1,8 @@
 """Optuna studies shared by the sweeper and its jobs: storage, samplers, pruners, job trials.
 
 The sweeper (``hydra_plugins/cifar10_mlp_optuna_sweeper``) asks for trials and tells their
-outcome; each job, in its own process (basic, joblib, submitit or Ray launcher alike),
-joins its trial by number and reports its validation accuracy after every epoch, so the
+outcome; each job, in its own process (basic, processes, joblib, submitit or Ray launcher
+alike), joins its trial by number and reports its validation accuracy after every epoch, so the
 pruner can stop it there.
 
 **Storage: an Optuna journal file.** Jobs write intermediate values to a trial that the
@@ -89,7 +89,8 @@ def check_search(objectives: Mapping[str, str], sampler: str, pruner: str, stora
     if n_jobs > 1 and launcher_target == BASIC_LAUNCHER:
         raise StudyError(f"hydra.sweeper.n_jobs={n_jobs} is not allowed with Hydra's basic "
                          "launcher, which runs one job at a time in this process: choose "
-                         "hydra/launcher=joblib, submitit_local, ray or slurm, or n_jobs=1")
+                         "hydra/launcher=processes, joblib, submitit_local, ray or slurm, or "
+                         "n_jobs=1")
     if "://" in storage:
         raise StudyError(
             f"hydra.sweeper.storage={storage!r} is not allowed: expected the path of an Optuna "

@@ -1,4 +1,4 @@
-"""Fault injection (scripts/stop_drill.py): a stop at any moment of a run's or a joblib
+"""Fault injection (scripts/stop_drill.py): a stop at any moment of a run's or a parallel
 sweep's life ends clean, and resuming ends as if it had never been stopped."""
 
 import json
@@ -20,8 +20,8 @@ def single_run(tiny, tmp_path) -> list[str]:
         "trainer.epochs=6", "trainer.early_stopping.patience=null", "trainer.threads=1"]
 
 
-def joblib_grid(tiny, tmp_path) -> list[str]:
-    return ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+def grid(launcher, tiny, tmp_path) -> list[str]:
+    return ["-m", f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2",
             *single_run(tiny, tmp_path), "tracking.log_model=false",
             "model.hidden=[16],[32,16]", "optimizer.lr=0.01,0.001"]
 
@@ -47,8 +47,11 @@ def test_a_single_run_stopped_at_any_moment_ends_clean_and_resumes_to_the_same_e
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["processes", "joblib"])
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_a_joblib_sweep_stopped_at_any_moment_ends_clean_and_resumes_to_the_same_end(
-        signal_name, tiny_cifar, tmp_path):
+def test_a_parallel_sweep_stopped_at_any_moment_ends_clean_and_resumes_to_the_same_end(
+        launcher, signal_name, tiny_cifar, tmp_path):
     # SIGINT reaches every process of the group, as Ctrl-C; SIGTERM only the sweep's own
-    drill(joblib_grid(tiny_cifar, tmp_path), signal_name, 2, tmp_path)
+    counts = drill(grid(launcher, tiny_cifar, tmp_path), signal_name, 2, tmp_path)
+    if launcher == "processes":  # its jobs ignore Ctrl-C until they can act on it
+        assert counts["worker_start_up_tracebacks"] == 0

@@ -57,8 +57,8 @@ PRUNED_BY_THRESHOLD = ["trainer.epochs=3", "tracking.log_model=true", *ALWAYS_PR
 # the end-to-end searches of this module: (trials, overrides); independent, so run side by side
 SEARCHES = {
     "pruned": (2, PRUNED_BY_THRESHOLD),
-    "pruned_joblib": (2, [*PRUNED_BY_THRESHOLD, "hydra/launcher=joblib",
-                          "hydra.sweeper.n_jobs=2"]),
+    "pruned_processes": (2, [*PRUNED_BY_THRESHOLD, "hydra/launcher=processes",
+                             "hydra.sweeper.n_jobs=2"]),
     "random": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=random"]),
     "cmaes": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=cmaes"]),
     "qmc": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=qmc"]),
@@ -94,7 +94,7 @@ def searches(tiny_cifar, tmp_path_factory) -> dict[str, Search]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pruned", "pruned_joblib"])
+@pytest.mark.parametrize("name", ["pruned", "pruned_processes"])
 def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(searches, name):
     done = searches[name]
     assert done.returncode == 0, done.stderr[-3000:]
@@ -125,7 +125,7 @@ def test_pruned_trials_end_finished_with_their_epochs_and_no_test_evaluation(sea
     assert "best_run_id" not in parent.data.tags  # a pruned run is never the best
     assert "0 finished, 2 pruned, 0 failed" in done.stdout
     assert sum("| PRUNED |" in line for line in done.stdout.splitlines()) == 2
-    if name == "pruned_joblib":  # two trials at once, each in a worker process of its own
+    if name == "pruned_processes":  # two trials at once, each in a process of its own
         assert len({c.data.tags["pid"] for c in children}) == 2
 
 

@@ -1,6 +1,7 @@
 """Sweeps end to end: multiruns as subprocesses on the tiny archive, a real SQLite store."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def runs_of(uri, experiment):
 
 @pytest.mark.slow
 def test_parallel_grid_sweep_groups_runs_under_one_parent_with_a_report(tiny_cifar, tmp_path):
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+    args = ["-m", "hydra/launcher=processes", "hydra.launcher.n_jobs=4",
             *sweep_overrides(tiny_cifar, tmp_path), *GRID]
     done = run("cifar10-mlp", args, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -240,6 +241,63 @@ def test_ctrl_c_stops_a_joblib_grid_cleanly_and_sweep_resume_completes_it(tiny_c
     assert done.returncode == 1
     assert (f"(the latest, run {parent.info.run_id}, finished)") in done.stderr
     assert len(runs_of(uri, "tests")[2]) == 4  # no job ran
+
+
+@pytest.mark.slow
+def test_a_killed_job_process_costs_that_job_alone_and_sweep_resume_continues_it(
+        tiny_cifar, tmp_path):
+    # two jobs at a time; job 1 (10 epochs) is killed as the out-of-memory killer does
+    args = ["-m", "hydra/launcher=processes", "hydra.launcher.n_jobs=2",
+            *(o for o in sweep_overrides(tiny_cifar, tmp_path) if not o.startswith("trainer.")),
+            "trainer.batch_size=16", "trainer.verbose=0", "trainer.early_stopping.patience=null",
+            "trainer.threads=1", "optimizer.lr=0.01,0.001", "trainer.epochs=1,10"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    sweep = subprocess.Popen([str(CLI / "cifar10-mlp"), *args], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while True:  # until job 1 has logged 2 epochs
+        assert sweep.poll() is None and time.monotonic() < deadline, "job 1 never got going"
+        time.sleep(0.3)
+        experiment = open_experiment(uri, "tests", create=False)
+        victims = [c for c in client.search_runs([experiment]) if c.info.run_name.startswith(
+            "job 1:")] if experiment else []
+        if victims and len(client.get_metric_history(victims[0].info.run_id, "loss")) >= 2:
+            break
+    os.kill(int(victims[0].data.tags["pid"]), signal.SIGKILL)
+    stdout, stderr = sweep.communicate(timeout=300)
+
+    assert sweep.returncode == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "cifar10-mlp: 1 of 4 sweep jobs lost their process (killed, e.g. out of memory, or "
+        "stopped alone): their runs are KILLED with every finished epoch; run the same command "
+        "with sweep.resume=true to continue them")
+    assert "Traceback" not in stderr + stdout
+    assert "job 1: optimizer.lr=0.01 trainer.epochs=10 was lost: its process (pid " \
+        f"{victims[0].data.tags['pid']}) was killed by SIGKILL" in stdout + stderr
+    _, (parent,), children = runs_of(uri, "tests")
+    by_job = {c.info.run_name.split(":")[0]: c for c in children}
+    assert parent.info.status == "KILLED" and len(children) == 4
+    assert {n: (c.info.status, c.data.tags.get("error")) for n, c in by_job.items()} == {
+        "job 0": ("FINISHED", None), "job 1": ("KILLED", "process lost"),
+        "job 2": ("FINISHED", None), "job 3": ("FINISHED", None)}
+    kept = len(client.get_metric_history(by_job["job 1"].info.run_id, "loss"))
+
+    done = run("cifar10-mlp", [*args, "sweep.resume=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, (again,), children = runs_of(uri, "tests")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert {c.info.run_name.split(":")[0]: c.info.run_id for c in children} == {
+        n: c.info.run_id for n, c in by_job.items()}  # the same runs, continued
+    resumed = client.get_run(by_job["job 1"].info.run_id)
+    assert resumed.info.status == "FINISHED" and "test_accuracy" in resumed.data.metrics
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 11))  # each epoch logged once
+    # it went on from its checkpoint (written before each epoch is logged: at least as far)
+    job_logs = "".join(p.read_text() for p in (tmp_path / "multirun").glob("*/*/1/*.log"))
+    (after,) = re.findall(r"continuing the interrupted run from its checkpoint after epoch (\d+)",
+                          job_logs)
+    assert kept <= int(after) < 10
 
 
 def test_sweep_resume_without_an_earlier_sweep_stops_before_any_job(tiny_cifar, tmp_path):
