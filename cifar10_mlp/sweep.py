@@ -81,6 +81,7 @@ class SweepTracker(Callback):
         # imported here, not at the top: Hydra builds callbacks for every run, and a
         # single run must not import MLflow and TensorFlow before its config is checked
         from cifar10_mlp import sweep_store
+        from cifar10_mlp.tracking import uninterrupted
 
         plan = plan_sweep(config)
         uri, lost_after = config.tracking.uri, config.tracking.lost_after_minutes * 60
@@ -93,26 +94,30 @@ class SweepTracker(Callback):
                 f"sweep.resume=true: no interrupted sweep of these jobs in experiment "
                 f"{config.tracking.experiment!r} of {uri}"
                 + (f" (the latest, run {earlier[0]}, finished)" if earlier else ""))
-        if earlier is not None:
-            self.parent_run_id = earlier[0]
-            sweep_store.reopen_sweep(uri, self.parent_run_id, lost_after)
-            log.info("continuing the sweep of parent MLflow run %s", self.parent_run_id)
-        else:
-            self.parent_run_id = sweep_store.open_sweep(
-                uri, config.tracking.experiment, plan.run_name, plan.tags, plan.params,
-                plan.resume_key)
-            log.info("%s: parent MLflow run %s", plan.run_name, self.parent_run_id)
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        os.environ[SWEPT_KEYS_ENV] = ",".join(plan.swept_keys)
-        self.planned, self.config = plan.planned, config
-        _open_sweep = self
-        # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
-        # that raises would leave the parent RUNNING for ever
-        atexit.register(self._end_unfinished, uri, self.parent_run_id)
+        # a Ctrl-C waits until the parent is open and known as this process's sweep: then
+        # the sweep's stop ends it KILLED, rather than leaving it RUNNING
+        with uninterrupted():
+            if earlier is not None:
+                self.parent_run_id = earlier[0]
+                sweep_store.reopen_sweep(uri, self.parent_run_id, lost_after)
+                log.info("continuing the sweep of parent MLflow run %s", self.parent_run_id)
+            else:
+                self.parent_run_id = sweep_store.open_sweep(
+                    uri, config.tracking.experiment, plan.run_name, plan.tags, plan.params,
+                    plan.resume_key)
+                log.info("%s: parent MLflow run %s", plan.run_name, self.parent_run_id)
+            os.environ[PARENT_RUN_ENV] = self.parent_run_id
+            os.environ[SWEPT_KEYS_ENV] = ",".join(plan.swept_keys)
+            self.planned, self.config = plan.planned, config
+            _open_sweep = self
+            # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
+            # that raises would leave the parent RUNNING for ever
+            atexit.register(self._end_unfinished, uri, self.parent_run_id)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns
-        errors into FAILED runs and a NaN): record it, so no job of the sweep goes missing."""
+        errors into FAILED runs and a NaN): record it, so no job of the sweep goes missing.
+        One whose worker died (:class:`JobLost`) ends KILLED, to be continued."""
         if self.parent_run_id is None or job_return.status != JobStatus.FAILED:
             return
         from cifar10_mlp import sweep_store
