@@ -59,7 +59,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
         resume_run_id = store.find_interrupted(cfg)
     from cifar10_mlp import runtime
 
-    runtime.start(cfg.trainer.threads)
+    with stop.at_once():  # seconds of importing, which a stop may cut short
+        runtime.start(cfg.trainer.threads)
     from cifar10_mlp import checkpoint, data, evaluate, model, plots, preprocess, train
 
     seconds: dict[str, float] = {}

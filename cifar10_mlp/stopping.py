@@ -4,9 +4,10 @@ A signal handler that raised would throw KeyboardInterrupt at whatever line happ
 running: inside TensorFlow while it traces a function (which breaks TF's own state), in
 MLflow mid-write, in a launcher's bookkeeping. Instead, :func:`on_signals` only records
 the stop, and the run calls :meth:`StopRequest.check` where stopping is safe: before
-each training and validation batch (``train.StopAtBatch``) and between its
-stages. A second Ctrl-C while the run winds down exits at once; its MLflow run, left
-RUNNING, is ended KILLED by the lost-run check of the next resume or report.
+each training and validation batch (``train.StopAtBatch``) and between its stages.
+Work that nothing keeps (importing TensorFlow) a stop may cut short. A second Ctrl-C
+while the run winds down exits at once; its MLflow run, left RUNNING, is ended KILLED by
+the lost-run check of the next resume or report.
 """
 
 from __future__ import annotations
@@ -31,10 +32,31 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.droppable = False  # within at_once(): a stop raises where it lands
 
     def ask(self, reason: str) -> None:
-        """Ask for a stop (what a signal does)."""
+        """Ask for a stop (what a signal does); within :meth:`at_once`, stop there."""
         self.reason = self.reason or reason
+        if self.droppable:
+            self.droppable = False
+            raise StopRequested(self.reason)
+
+    @contextmanager
+    def at_once(self) -> Iterator[None]:
+        """Within the block, a stop raises :class:`StopRequested` where it lands, for work
+        that a stop may cut short because nothing of it is kept (importing TensorFlow: the
+        process ends after a stop, so no half-imported module is used again). Whatever
+        error the cut-short work raises then counts as the stop."""
+        self.check()
+        self.droppable = True
+        try:
+            yield
+        except Exception as err:
+            if self.reason is None:
+                raise
+            raise StopRequested(self.reason) from err
+        finally:
+            self.droppable = False
 
     def check(self) -> None:
         """Raise :class:`StopRequested` if a stop was asked for: call where stopping is safe."""

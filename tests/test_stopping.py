@@ -22,6 +22,26 @@ def test_a_signal_only_asks_and_the_run_stops_where_it_checks():
     assert {s: signal.getsignal(s) for s in before} == before  # a worker's own handlers back
 
 
+def test_work_that_nothing_keeps_is_cut_short_where_the_stop_lands():
+    with stopping.on_signals() as request:
+        with pytest.raises(stopping.StopRequested, match="SIGTERM"), request.at_once():
+            signal.raise_signal(signal.SIGTERM)
+            pytest.fail("the block went on after the stop")
+        assert not request.droppable  # after the block, a signal only asks again
+    with stopping.on_signals() as request:
+        # what the cut-short work raises instead (an import that failed half-way) is the stop
+        with pytest.raises(stopping.StopRequested, match="Ctrl-C"), request.at_once():
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except stopping.StopRequested as stopped:
+                raise ImportError("partially initialised module") from stopped
+        # a stop asked before the block: the work does not begin
+        with pytest.raises(stopping.StopRequested), request.at_once():
+            pytest.fail("the block began after the stop")
+    with pytest.raises(ImportError), stopping.StopRequest().at_once():  # no stop: itself
+        raise ImportError("a real import error")
+
+
 def test_an_ignored_ctrl_c_stays_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job
     try:
