@@ -6,10 +6,7 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 # TensorFlow's C++ start-up chatter hides the run's own output; set before it is imported
@@ -44,8 +41,10 @@ log = logging.getLogger(__name__)
 def main() -> None:
     """`cifar10-mlp`: :func:`train`, where Ctrl-C or SIGTERM stops a sweep as a whole: its
     jobs and parent run end KILLED and one line says how to continue. A second Ctrl-C
-    meanwhile exits at once (the next resume or report ends what is left RUNNING)."""
-    with sigterm_interrupts():
+    meanwhile exits at once (the next resume or report ends what is left RUNNING).
+    While Hydra composes the config, a signal is held: the sweep acts on it once its parent
+    run is open, a single run once it starts."""
+    with stopping.held():  # until the sweep opens or the run takes them over
         try:
             train()
         except KeyboardInterrupt as stop:
@@ -144,22 +143,6 @@ def eda(cfg: DictConfig) -> None:
     except UserError as err:
         sys.exit(f"cifar10-mlp-eda: error: {err}")
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop) interrupts the block as Ctrl-C does, so the run ends
-    KILLED; afterwards the process's own handler is back (a Ray or joblib worker goes on
-    to other jobs and must still stop as its pool expects)."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def tracking_defaults() -> DictConfig:

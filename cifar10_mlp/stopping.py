@@ -8,6 +8,10 @@ each training and validation batch (``train.StopAtBatch``) and between its stage
 Work that nothing keeps (importing TensorFlow) a stop may cut short. A second Ctrl-C
 while the run winds down exits at once; its MLflow run, left RUNNING, is ended KILLED by
 the lost-run check of the next resume or report.
+
+The command's own process holds a signal while Hydra composes the config
+(:func:`held`): a single run takes it over as its first request; a sweep acts on it once
+its parent run is open (:func:`release_held`), and from then on stops where it is.
 """
 
 from __future__ import annotations
@@ -89,8 +93,54 @@ def on_signals() -> Iterator[StopRequest]:
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN or signum != signal.SIGINT:
             signal.signal(signum, handle)
+    held_before = [h for h in previous.values() if isinstance(h, HeldSignals)]
+    if held_before and held_before[0].received and not held_before[0].raising:
+        request.ask(held_before[0].received[0])  # a stop that came while Hydra started
     try:
         yield request
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class HeldSignals:
+    """The signal handler of a sweep's own process: it holds SIGINT and SIGTERM while Hydra
+    composes the config (a KeyboardInterrupt inside OmegaConf turns into a config error and
+    no clean stop), then, once :func:`release_held` is called, raises KeyboardInterrupt
+    (named by the signal) where the process is, which stops the sweep as a whole."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.raising = False
+
+    def __call__(self, signum, frame) -> None:
+        self.received.append(SIGNAL_NAMES[signum])
+        if self.raising:
+            raise KeyboardInterrupt(SIGNAL_NAMES[signum])
+
+
+@contextmanager
+def held() -> Iterator[HeldSignals]:
+    """Within the block, SIGINT (unless ignored) and SIGTERM are held by a
+    :class:`HeldSignals`, until :func:`release_held` or a run's :func:`on_signals` takes
+    them; afterwards the process's own handlers are back."""
+    handler = HeldSignals()
+    previous = {signum: signal.getsignal(signum) for signum in SIGNAL_NAMES}
+    for signum, before in previous.items():
+        if before is not signal.SIG_IGN or signum != signal.SIGINT:
+            signal.signal(signum, handler)
+    try:
+        yield handler
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def release_held() -> None:
+    """From here on, a signal the process holds stops it where it is; one held already
+    does so now. Nothing happens in a process that holds none."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if isinstance(handler, HeldSignals) and not handler.raising:
+        handler.raising = True
+        if handler.received:
+            raise KeyboardInterrupt(handler.received[0])

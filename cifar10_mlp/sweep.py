@@ -29,6 +29,7 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cifar10_mlp import stopping
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.launch import (
     PARENT_RUN_ENV,
@@ -113,6 +114,7 @@ class SweepTracker(Callback):
             # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
             # that raises would leave the parent RUNNING for ever
             atexit.register(self._end_unfinished, uri, self.parent_run_id)
+        stopping.release_held()  # from now on a signal stops the sweep where it is
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns

@@ -233,15 +233,6 @@ def test_resume_without_an_interrupted_run_says_so(tiny_cifar, tmp_path):
             "in experiment 'tests'") in done.stderr
 
 
-def test_sigterm_interrupts_the_run_and_then_the_worker_handler_is_back():
-    from cifar10_mlp.cli import sigterm_interrupts
-
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_interrupts():
-        signal.raise_signal(signal.SIGTERM)
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
 @pytest.mark.slow
 def test_three_runs_started_at_once_on_a_fresh_store_all_finish(tiny_cifar, tmp_path):
     overrides = [o for o in tiny_overrides(tiny_cifar, tmp_path)

@@ -42,6 +42,29 @@ def test_work_that_nothing_keeps_is_cut_short_where_the_stop_lands():
         raise ImportError("a real import error")
 
 
+def test_a_sweep_holds_a_signal_while_hydra_starts_then_stops_where_it_is():
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with stopping.held():
+        signal.raise_signal(signal.SIGTERM)  # while Hydra composes: nothing raised there
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            stopping.release_held()  # the sweep's parent is open: now it stops
+        with pytest.raises(KeyboardInterrupt, match="Ctrl-C"):
+            signal.raise_signal(signal.SIGINT)  # and from then on, where it lands
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_run_takes_over_a_stop_held_while_hydra_started():
+    with stopping.held():
+        signal.raise_signal(signal.SIGINT)
+        with stopping.on_signals() as request, pytest.raises(stopping.StopRequested,
+                                                             match="Ctrl-C"):
+            request.check()
+    with stopping.held():  # nothing held: the run starts as usual
+        with stopping.on_signals() as request:
+            request.check()
+        stopping.release_held()
+
+
 def test_an_ignored_ctrl_c_stays_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job
     try:

@@ -66,6 +66,8 @@ class ProcessLauncher(JobLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
+        from cifar10_mlp.tracking import uninterrupted  # MLflow: only once a sweep launches
+
         sweep_dir = self.begin_launch()
         at_once = jobs_at_once(self.n_jobs)
         log.info("Process launcher: %d jobs, %d at a time, sweep output dir: %s",
@@ -74,18 +76,21 @@ class ProcessLauncher(JobLauncher):
         running: list[JobProcess] = []
         returns: dict[int, JobReturn] = {}
         while waiting or running:
-            while waiting and len(running) < at_once:
-                number, overrides = waiting.pop(0)
-                sweep_config = job_config(self.hydra_context, self.config, overrides, number,
-                                          "process")
-                # cloudpickle: Hydra's task function is not importable by name
-                # (@hydra.main replaced it in its module)
-                job = cloudpickle.dumps((self.hydra_context, sweep_config, self.task_function,
-                                         Singleton.get_state(), os.getcwd()))
-                running.append(JobProcess(job, sweep_config, number, overrides))
             try:
+                while waiting and len(running) < at_once:
+                    number, overrides = waiting.pop(0)
+                    # a signal waits: inside OmegaConf it would turn into a config error
+                    with uninterrupted():
+                        sweep_config = job_config(self.hydra_context, self.config, overrides,
+                                                  number, "process")
+                        # cloudpickle: Hydra's task function is not importable by name
+                        # (@hydra.main replaced it in its module)
+                        job = cloudpickle.dumps((self.hydra_context, sweep_config,
+                                                 self.task_function, Singleton.get_state(),
+                                                 os.getcwd()))
+                        running.append(JobProcess(job, sweep_config, number, overrides))
                 ready = wait([job.reader for job in running])
-            except BaseException:  # Ctrl-C or SIGTERM here: the sweep stops (cli.main)
+            except BaseException:  # Ctrl-C or SIGTERM: the sweep stops (cli.main)
                 stop_all(running)
                 raise
             for job in [job for job in running if job.reader in ready and job.read()]:
