@@ -15,15 +15,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import hydra  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from cifar10_mlp import runner, schema, stopping  # noqa: E402
-from cifar10_mlp.data import DataError  # noqa: E402
+from cifar10_mlp import runner, stopping
+from cifar10_mlp.config import schema
+from cifar10_mlp.data.archive import DataError  # noqa: E402
 from cifar10_mlp.errors import UserError  # noqa: E402
-from cifar10_mlp.launch import (  # noqa: E402
+from cifar10_mlp.sweeps.launch import (  # noqa: E402
     PARENT_RUN_ENV,
     earlier_run,
     fill_launch_settings,
@@ -32,7 +33,7 @@ from cifar10_mlp.launch import (  # noqa: E402
     sweep_stopping,
 )
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_MODULE = "cifar10_mlp.conf"  # conf/ of the repository, shipped in the package
 
 schema.register_configs()
 log = logging.getLogger(__name__)
@@ -51,13 +52,13 @@ def main() -> None:
             reason = str(stop) or "Ctrl-C"
             with stopping.on_signals() as winding_down:
                 winding_down.ask(reason)  # so the next Ctrl-C is the second
-                from cifar10_mlp.sweep import stop_open_sweep
+                from cifar10_mlp.sweeps.callback import stop_open_sweep
 
                 line = stop_open_sweep(reason)
             sys.exit(line or f"cifar10-mlp: stopped by {reason} before any run started")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def train(cfg: DictConfig) -> runner.RunSummary | float:
     """Train, evaluate and log one run; returns its summary (metrics a sweeper optimises).
 
@@ -96,9 +97,9 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
                 sys.exit(f"cifar10-mlp: error: {err}")
             raise
         if isinstance(err, schema.ConfigError | DataError):  # failed before its run opened
-            from cifar10_mlp import tracking
+            from cifar10_mlp.tracking import runs
 
-            tracking.record_failed_run(cfg, overrides, parent_run_id, err)
+            runs.record_failed_run(cfg, overrides, parent_run_id, err)
         log.error("job failed (%s); recorded as a FAILED run", err,
                   exc_info=not isinstance(err, UserError))
         return math.nan
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
                f"{metrics['test_f1_macro']:.4f} | " if summary.pruned_epoch is None else
                f"pruned by the search after epoch {summary.pruned_epoch}, so not evaluated on "
                "the test set | ")
-    from cifar10_mlp.store import where_to_look
+    from cifar10_mlp.tracking.store import where_to_look
 
     where = where_to_look(summary.tracking_uri, summary.experiment_id, summary.run_id)
     model = (f"model {summary.model_uri}"
@@ -132,14 +133,13 @@ def reused(earlier, tracking_uri: str) -> runner.RunSummary | float:
                              earlier.pruned_epoch)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="eda_config")
 def eda(cfg: DictConfig) -> None:
     """`cifar10-mlp-eda`: a report on the data as a run with this config would see it."""
-    from cifar10_mlp import eda as exploration
 
     try:
         schema.validate(cfg)
-        run_id, page = exploration.explore(cfg, HydraConfig.get().overrides.task)
+        run_id, page = runner.explore(cfg, HydraConfig.get().overrides.task)
     except UserError as err:
         sys.exit(f"cifar10-mlp-eda: error: {err}")
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
@@ -147,7 +147,7 @@ def eda(cfg: DictConfig) -> None:
 
 def tracking_defaults() -> DictConfig:
     """``conf/tracking``'s defaults, for the commands that take no Hydra overrides."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name="config").tracking
 
 
@@ -163,13 +163,14 @@ def report() -> None:
                         help="a RUNNING job silent this long (or whose process on this host "
                              "is gone) is ended KILLED: process lost")
     args = parser.parse_args()
-    from cifar10_mlp import sweep_report, sweep_store
+    from cifar10_mlp.sweeps import report_files
+    from cifar10_mlp.tracking import sweep_runs
 
-    parent = sweep_store.find_sweep(args.tracking_uri, args.sweep)
+    parent = sweep_runs.find_sweep(args.tracking_uri, args.sweep)
     if parent is None:
         sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
                  f"{args.tracking_uri}")
-    print(sweep_report.write(args.tracking_uri, parent, args.out,
+    print(report_files.write(args.tracking_uri, parent, args.out,
                              args.lost_after_minutes * 60).text(parent))
 
 
@@ -188,8 +189,9 @@ def predict() -> None:
     args = parser.parse_args()
     if args.top < 1:
         parser.error(f"--top {args.top}: expected at least 1")
-    from cifar10_mlp import predict as pictures
-    from cifar10_mlp import registry, runtime
+    from cifar10_mlp.serving import predict as pictures
+    from cifar10_mlp.tracking import registry
+    from cifar10_mlp.training import runtime
 
     files = pictures.image_files(args.images)
     if not files:

@@ -9,7 +9,13 @@ import sys
 
 
 def main() -> None:
-    """`cifar10-mlp`: :func:`cifar10_mlp.cli.main`, once it is imported."""
+    """`cifar10-mlp`: :func:`cifar10_mlp.cli.main`, once it is imported (``--version``
+    answers without importing it)."""
+    if sys.argv[1:] == ["--version"]:
+        from cifar10_mlp import __version__
+
+        print(f"cifar10-mlp {__version__}")
+        return
     try:
         from cifar10_mlp import cli
     except KeyboardInterrupt:

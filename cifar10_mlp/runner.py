@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cifar10_mlp import schema
+from cifar10_mlp.config import schema
 from cifar10_mlp.stopping import StopRequest
 
 log = logging.getLogger(__name__)
@@ -52,25 +54,26 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     """
     stop = stop or StopRequest()
     schema.validate(cfg)  # fail fast, before TensorFlow is imported
-    from cifar10_mlp import store, tracking
+    from cifar10_mlp.tracking import runs, store
 
     store.check_store(cfg.tracking.uri)  # before TensorFlow, any data or any training
     if resume_run_id is None and cfg.trainer.resume:
         resume_run_id = store.find_interrupted(cfg)
-    from cifar10_mlp import runtime
+    from cifar10_mlp.training import runtime
 
     with stop.at_once():  # seconds of importing, which a stop may cut short
         runtime.start(cfg.trainer.threads)
-    from cifar10_mlp import checkpoint, data, evaluate, model, plots, preprocess, train
+    from cifar10_mlp.data import archive, preprocess
+    from cifar10_mlp.training import checkpoint, evaluate, model, plots, train
 
     seconds: dict[str, float] = {}
     with stopwatch(seconds, "data"):
-        split = data.load(cfg.data, cfg.seed)
+        split = archive.load(cfg.data, cfg.seed)
         log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
         prep = preprocess.fit(cfg.preprocess, split.x_train)
     stop.check()
     mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
-    with tracking.start_run(cfg, overrides, split, parent_run_id,
+    with runs.start_run(cfg, overrides, split, parent_run_id,
                             resume_run_id=resume_run_id) as run:
         log.info("MLflow run %s: training %s for up to %d epochs", run.run_id,
                  "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
@@ -120,7 +123,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                     model_uri = run.log_model(mlp, split.x_test[:5], split.class_names)
                     stop.check()
                 if cfg.tracking.registered_model and parent_run_id is None:  # a sweep: its best
-                    from cifar10_mlp import registry
+                    from cifar10_mlp.tracking import registry
 
                     registered = str(registry.register(run.tracking_uri, model_uri,
                                                        cfg.tracking.registered_model))
@@ -145,3 +148,39 @@ def stopwatch(seconds: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def explore(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[str, Path]:
+    """The whole report for a config: statistics, figures, HTML page, one MLflow run.
+
+    Returns the MLflow run id and the HTML page's path.
+    """
+    from cifar10_mlp.data import archive, eda, preprocess
+    from cifar10_mlp.tracking import runs
+    from cifar10_mlp.training import plots, runtime
+
+    runtime.start(cfg.trainer.threads or os.cpu_count() or 1)
+    split = archive.load(cfg.data, cfg.seed)
+    log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
+    prep = preprocess.fit(cfg.preprocess, split.x_train)
+    log.info("preprocessing %d training images", len(split.y_train))
+    after = eda.preprocessed(prep, split.x_train)
+    log.info("class counts, pixel statistics, duplicates")
+    stats = eda.statistics(split, prep, after)
+    points = eda.projections(split, cfg.eda.projection_samples, cfg.eda.tsne_samples, cfg.seed)
+    names = split.class_names
+    figures = {
+        "class_counts.png": plots.class_counts(stats["counts"], names),
+        "samples.png": plots.sample_grid(split.x_train, split.y_train, names,
+                                         cfg.eda.samples_per_class),
+        "pixel_histograms.png": plots.channel_histograms(split.x_train, after, prep.name),
+        "class_means.png": plots.class_mean_images(eda.class_mean_images(split), names),
+        "projections.png": plots.projections(points, names),
+    }
+    out_dir = Path(cfg.eda.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "statistics.json").write_text(json.dumps(stats, indent=2))
+    html = out_dir / "eda.html"
+    html.write_text(eda.render_html(stats, figures))
+    log.info("logging to MLflow")
+    return runs.log_eda(cfg, overrides, split, stats, figures, html), html

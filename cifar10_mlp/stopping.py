@@ -144,3 +144,26 @@ def release_held() -> None:
         handler.raising = True
         if handler.received:
             raise KeyboardInterrupt(handler.received[0])
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    A signal that lands inside a store write can leave a SQLite transaction open and
+    the database locked, so the run could not even be marked KILLED afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    held: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda received, frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])

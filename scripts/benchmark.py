@@ -88,7 +88,8 @@ def preset_flops(overrides: list[str]) -> tuple[dict[str, int], str, float]:
     """``model.matmul_flops`` of the model a config builds (its fixed whitening with the
     fitted shape; the values do not change the count), its ``model.precision``, and the
     GFLOP/s of its training step's matrix products alone (``step_profile``)."""
-    from cifar10_mlp import model, preprocess, step_profile, train
+    from cifar10_mlp.data import preprocess
+    from cifar10_mlp.training import model, step_profile, train
 
     cfg = compose(overrides)
     pixels = 32 * 32 * 3

@@ -14,7 +14,7 @@ from measure import compose, median_seconds
 
 def load_times(path: str, repeats: int) -> dict[str, float]:
     """Decoding the archive (cold, empty cache) against reading the decoded cache (warm)."""
-    from cifar10_mlp.data import read_cifar10
+    from cifar10_mlp.data.archive import read_cifar10
 
     def cold():
         with tempfile.TemporaryDirectory() as cache:
@@ -30,11 +30,12 @@ def train_throughput(path: str, cache: str, hidden: list[int], n_images: int, ep
                      repeats: int, peaks: dict[str, float], extra: list[str]) -> dict:
     """Samples/s of the training loop for one MLP, epochs after the first (compile) one (a
     ZCA model's on its whitened images, as ``train.fit`` trains it)."""
-    from cifar10_mlp import data, model, optim, preprocess, train
+    from cifar10_mlp.data import archive, preprocess
+    from cifar10_mlp.training import model, optim, train
 
     cfg = compose([f"data.path={path}", f"data.cache_dir={cache}",
                    f"model.hidden=[{','.join(map(str, hidden))}]", *extra])
-    split = data.load(cfg.data, cfg.seed)
+    split = archive.load(cfg.data, cfg.seed)
     x, y = split.x_train[:n_images], train.one_hot(split.y_train[:n_images], 10)
     prep = preprocess.fit(cfg.preprocess, x)
     mlp = model.build(cfg.model, cfg.augment, 10, prep, cfg.seed)

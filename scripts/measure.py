@@ -56,9 +56,9 @@ def bfloat16_matmul_peak(n: int, repeats: int) -> float:
 def compose(overrides: list[str]):
     """The config ``cifar10-mlp`` would run with these overrides."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
-    from cifar10_mlp import cli  # noqa: F401  (registers the config schemas)
+    from cifar10_mlp.cli import CONFIG_MODULE
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)

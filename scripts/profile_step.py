@@ -10,7 +10,7 @@ It trains the config as ``cifar10-mlp`` does (``train.fit``, its callbacks and i
 pipeline included) for one epoch on the first --images training images of the real data,
 and traces steps --first to --first + --steps - 1 with TensorFlow's profiler. The table
 shares the traced steps' wall time out among the parts of a step
-(``cifar10_mlp.step_profile``). Then the step's own matrix products (forward and backward,
+(``cifar10_mlp.training.step_profile``). Then the step's own matrix products (forward and backward,
 its layer shapes, batch and precision) are timed alone, in the same invocation: the
 step's achieved GFLOP/s over that rate is the share of the step the products would fill.
 """
@@ -32,14 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_run import add_data_argument  # noqa: E402
 from measure import compose, numpy_matmul_rate  # noqa: E402
 
-from cifar10_mlp import step_profile  # noqa: E402
+from cifar10_mlp.training import step_profile
 
 
 def profile(overrides: list[str], images: int, first: int, steps: int) -> dict:
     """Train one epoch of the composed config, tracing ``steps`` steps; the step's parts."""
     import keras
 
-    from cifar10_mlp import data, model, preprocess, runtime, train
+    from cifar10_mlp.data import archive, preprocess
+    from cifar10_mlp.training import model, runtime, train
 
     cfg = compose([f"data.train_limit={images}", "trainer.epochs=1", "trainer.verbose=0",
                    *overrides])
@@ -47,7 +48,7 @@ def profile(overrides: list[str], images: int, first: int, steps: int) -> dict:
         raise SystemExit("trainer.jit_compile=true: the whole step would be one XLA program, "
                          "which the trace does not split into parts")
     runtime.start(cfg.trainer.threads or os.cpu_count())
-    split = data.load(cfg.data, cfg.seed)
+    split = archive.load(cfg.data, cfg.seed)
     batches = -(-len(split.y_train) // cfg.trainer.batch_size)
     if batches < first + steps + 1:
         raise SystemExit(f"{images} images give {batches} batches of "

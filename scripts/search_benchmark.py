@@ -32,7 +32,8 @@ from cli_run import CLI, add_data_argument  # noqa: E402
 
 def run_variant(name: str, args: list[str], folder: Path) -> dict:
     """Run one search in ``folder``; its outcome as read back from the MLflow store."""
-    from cifar10_mlp import report, sweep_store
+    from cifar10_mlp.sweeps import report
+    from cifar10_mlp.tracking import sweep_runs
 
     folder.mkdir(parents=True)
     print(f"[{name}] cifar10-mlp {' '.join(args)}", flush=True)
@@ -41,8 +42,8 @@ def run_variant(name: str, args: list[str], folder: Path) -> dict:
         done = subprocess.run([CLI, *args], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    parent = sweep_store.find_sweep(uri, "search-benchmark")
-    runs = sweep_store.sweep_children(uri, parent)
+    parent = sweep_runs.find_sweep(uri, "search-benchmark")
+    runs = sweep_runs.sweep_children(uri, parent)
     outcome = report.build(runs)
     result = {
         "command": "cifar10-mlp " + " ".join(args),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pickle
 import tarfile
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from cifar10_mlp.schema import CIFAR10_CLASSES, register_configs
+from cifar10_mlp.cli import CONFIG_MODULE
+from cifar10_mlp.config.schema import CIFAR10_CLASSES, register_configs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(importlib.resources.files(CONFIG_MODULE))  # conf/, as the package holds it
 PER_BATCH = 20  # images per data batch: 100 training images, 2 per class per batch
 N_TEST = PER_BATCH  # the official test batch has as many images as a data batch
 
@@ -95,10 +97,12 @@ def tiny_overrides(tiny: TinyCifar, tmp_path: Path) -> list[str]:
     ]
 
 
-def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    """The config the CLI would build from these overrides (and Hydra's own with_hydra)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides,
+def compose_config(overrides: list[str], with_hydra: bool = False,
+                   config_name: str = "config") -> DictConfig:
+    """The config the CLI would build from these overrides (and Hydra's own with_hydra);
+    ``config_name="eda_config"``: cifar10-mlp-eda's."""
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides,
                        return_hydra_config=with_hydra)
 
 

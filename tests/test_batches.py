@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cifar10_mlp.batches import TrainingBatches, cutmix, mixup
+from cifar10_mlp.data.batches import TrainingBatches, cutmix, mixup
 
 N, SIZE = 24, 32
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar10_mlp import checkpoint
+from cifar10_mlp.training import checkpoint
 
 
 class Stopping:

@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_overrides
 from mlflow import MlflowClient
 
-from cifar10_mlp.store import open_client, open_experiment
+from cifar10_mlp.tracking.store import open_client, open_experiment
 
 CLI = str(Path(sys.executable).parent / "cifar10-mlp")
 
@@ -161,7 +161,7 @@ def test_unreachable_tracking_server_fails_fast_and_trains_nothing(tiny_cifar, t
 
 
 def test_locked_sqlite_store_gives_a_clear_error(tmp_path):
-    from cifar10_mlp.store import TrackingStoreError, check_store
+    from cifar10_mlp.tracking.store import TrackingStoreError, check_store
 
     path = tmp_path / "mlflow.db"
     holder = sqlite3.connect(path, isolation_level=None)

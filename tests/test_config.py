@@ -8,8 +8,8 @@ from conftest import CONFIG_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
-from cifar10_mlp.allowed import Flag, rules_of
-from cifar10_mlp.schema import ConfigError, validate
+from cifar10_mlp.config.allowed import Flag, rules_of
+from cifar10_mlp.config.schema import ConfigError, validate
 
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
@@ -26,7 +26,8 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
 def test_every_option_of_every_group_composes_and_validates(group, option):
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config([f"{group}={option}"],
+                         config_name="eda_config" if group == "eda" else "config")
     validate(cfg)
     if group in {"preprocess", "optimizer", "schedule"}:
         assert cfg[group].name == option
@@ -136,7 +137,41 @@ def test_every_leaf_of_every_composition_declares_what_it_allows():
     walked = {key for key, _, _ in BAD_LEAVES}  # the walk reaches into every variant
     assert {"optimizer.momentum", "optimizer.beta_2", "preprocess.epsilon", "schedule.gamma",
             "schedule.final_lr_fraction", "trainer.early_stopping.monitor", "seed",
-            "tracking.uri", "eda.tsne_samples"} <= walked
+            "tracking.uri"} <= walked
+
+
+def test_the_eda_settings_are_cifar10_mlp_eda_s_alone():
+    """A training run carries no eda.* keys (nor logs them); cifar10-mlp-eda's config is the
+    training config, presets included, plus eda.*, each declaring what it allows."""
+    assert "eda" not in compose_config([])
+    eda_cfg = compose_config(["experiment=best_mlp"], config_name="eda_config")
+    assert eda_cfg.model == compose_config(["experiment=best_mlp"]).model
+    assert {key for key, rule in leaves(eda_cfg) if rule is None} == set()
+    assert {key for key, _ in leaves(eda_cfg.eda, "eda.")} >= {"eda.tsne_samples",
+                                                                "eda.out_dir"}
+
+
+EDA_BAD_LEAVES = sorted(
+    (key, as_override_text(rule.bad_value))
+    for key, rule in leaves(compose_config([], config_name="eda_config").eda, "eda.")
+    if not isinstance(rule, Flag))
+
+
+@pytest.mark.parametrize("key, bad", EDA_BAD_LEAVES, ids=[k for k, _ in EDA_BAD_LEAVES])
+def test_every_eda_key_refuses_a_bad_value_in_one_line_before_any_work(key, bad, tmp_path,
+                                                                       monkeypatch):
+    from cifar10_mlp import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cifar10-mlp-eda", f"{key}={bad}",
+                                      "hydra.output_subdir=null", "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.eda()
+    message = str(stopped.value.code)
+    assert message.startswith(f"cifar10-mlp-eda: error: {key}=") and "\n" not in message
+    assert " is not allowed: expected " in message
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("key, bad, variant", BAD_LEAVES, ids=[k for k, _, _ in BAD_LEAVES])

@@ -5,9 +5,9 @@ import pytest
 from conftest import PER_BATCH, write_batch, write_tiny_cifar
 from omegaconf import OmegaConf
 
-from cifar10_mlp import data
-from cifar10_mlp.data import DataError, read_cifar10
-from cifar10_mlp.schema import CIFAR10_CLASSES
+from cifar10_mlp.config.schema import CIFAR10_CLASSES
+from cifar10_mlp.data import archive
+from cifar10_mlp.data.archive import DataError, read_cifar10
 
 
 def data_cfg(path, cache_dir=None, **changes):
@@ -97,7 +97,7 @@ def test_cache_is_used_instead_of_decoding_again(tiny_cifar, tmp_path, monkeypat
     def no_decoding(path):
         raise AssertionError("decoded the archive although a cache exists")
 
-    monkeypatch.setattr(data, "_iter_archive", no_decoding)
+    monkeypatch.setattr(archive, "_iter_archive", no_decoding)
     assert_matches(read_cifar10(tiny_cifar.archive, tmp_path), tiny_cifar)
 
 
@@ -110,21 +110,21 @@ def test_corrupt_cache_is_rebuilt_not_trusted(tiny_cifar, tmp_path):
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint(tiny_cifar):
-    split = data.load(data_cfg(tiny_cifar.archive), seed=1)
+    split = archive.load(data_cfg(tiny_cifar.archive), seed=1)
     assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (80, 20, 20)
     assert np.bincount(split.y_val).tolist() == [2] * 10
     assert np.bincount(split.y_train).tolist() == [8] * 10
     # every tiny image is distinct noise, so overlap would show as shared rows
     train_rows = {img.tobytes() for img in split.x_train}
     assert not train_rows & {img.tobytes() for img in split.x_val}
-    again = data.load(data_cfg(tiny_cifar.archive), seed=1)
+    again = archive.load(data_cfg(tiny_cifar.archive), seed=1)
     np.testing.assert_array_equal(again.x_val, split.x_val)
-    other = data.load(data_cfg(tiny_cifar.archive), seed=2)
+    other = archive.load(data_cfg(tiny_cifar.archive), seed=2)
     assert not np.array_equal(other.x_val, split.x_val)
 
 
 def test_class_subset_is_relabelled_in_the_given_order(tiny_cifar):
-    split = data.load(data_cfg(tiny_cifar.archive, classes=["bird", "airplane"]), seed=0)
+    split = archive.load(data_cfg(tiny_cifar.archive, classes=["bird", "airplane"]), seed=0)
     assert split.class_names == ("bird", "airplane")
     assert set(split.y_train) | set(split.y_val) == {0, 1}
     birds = tiny_cifar.x_test[tiny_cifar.y_test == 2]
@@ -133,7 +133,7 @@ def test_class_subset_is_relabelled_in_the_given_order(tiny_cifar):
 
 
 def test_train_limit_caps_the_training_pool_before_the_split(tiny_cifar):
-    split = data.load(data_cfg(tiny_cifar.archive, train_limit=50), seed=0)
+    split = archive.load(data_cfg(tiny_cifar.archive, train_limit=50), seed=0)
     assert len(split.y_train) + len(split.y_val) == 50
     assert np.bincount(split.y_train).tolist() == [4] * 10
     assert len(split.y_test) == 20  # the test set is never cut
@@ -141,4 +141,4 @@ def test_train_limit_caps_the_training_pool_before_the_split(tiny_cifar):
 
 def test_impossible_split_names_the_key(tiny_cifar):
     with pytest.raises(DataError, match="data.val_size"):
-        data.load(data_cfg(tiny_cifar.archive, val_size=0.05), seed=0)
+        archive.load(data_cfg(tiny_cifar.archive, val_size=0.05), seed=0)

@@ -7,7 +7,7 @@ import pytest
 from conftest import PER_BATCH, compose_config, tiny_overrides, write_batch, write_tiny_cifar
 from mlflow import MlflowClient
 
-from cifar10_mlp import eda
+from cifar10_mlp import runner
 
 
 @pytest.fixture
@@ -21,8 +21,8 @@ def report(tmp_path):
     overrides = [*tiny_overrides(tiny, tmp_path), f"data.path={tiny.folder}",
                  f"eda.out_dir={tmp_path / 'eda'}", "eda.projection_samples=60",
                  "eda.tsne_samples=40", "eda.samples_per_class=3"]
-    cfg = compose_config(overrides)
-    run_id, page = eda.explore(cfg, overrides)
+    cfg = compose_config(overrides, config_name="eda_config")
+    run_id, page = runner.explore(cfg, overrides)
     stats = json.loads((tmp_path / "eda" / "statistics.json").read_text())
     return tiny, x, cfg, run_id, page, stats
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from cifar10_mlp.evaluate import from_probabilities
+from cifar10_mlp.training.evaluate import from_probabilities
 
 NAMES = ("cat", "dog", "ship")
 Y_TRUE = np.array([0, 0, 1, 1, 2, 2, 2, 0])
@@ -55,7 +55,7 @@ def test_a_class_never_seen_gets_zero_not_nan():
 def test_flip_tta_averages_each_image_with_its_left_right_mirror():
     import keras
 
-    from cifar10_mlp.evaluate import measure, predict
+    from cifar10_mlp.training.evaluate import measure, predict
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3), dtype="uint8")
@@ -78,7 +78,7 @@ def test_flip_tta_averages_each_image_with_its_left_right_mirror():
 def test_flip_shift_tta_averages_ten_views_moved_with_reflected_borders():
     import keras
 
-    from cifar10_mlp.evaluate import predict, views
+    from cifar10_mlp.training.evaluate import predict, views
 
     images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     shift = 2

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar10_mlp import fused_layers
+from cifar10_mlp.training import fused_layers
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from cifar10_mlp.groups import seed_groups, seed_spread, verdict
-from cifar10_mlp.sweep_store import ChildRun
+from cifar10_mlp.sweeps.seeds import seed_groups, seed_spread, verdict
+from cifar10_mlp.tracking.sweep_runs import ChildRun
 
 
 def run(lr, seed, val):

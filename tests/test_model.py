@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cifar10_mlp import model, preprocess
+from cifar10_mlp.data import preprocess
+from cifar10_mlp.training import model
 
 
 def model_cfg(**changes):

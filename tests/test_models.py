@@ -70,13 +70,15 @@ def test_the_run_model_is_a_logged_model_with_its_test_metrics_and_a_version(tra
 @pytest.mark.parametrize("variant", [[], *OPTION_VARIANTS.values()],
                          ids=["default", *OPTION_VARIANTS])
 def test_the_logged_model_predicts_as_the_model_in_process(variant, tiny_cifar, tmp_path):
-    from cifar10_mlp import data, model, preprocess, tracking
+    from cifar10_mlp.data import archive, preprocess
+    from cifar10_mlp.tracking import runs
+    from cifar10_mlp.training import model
 
     tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
-    split = data.load(tiny_cfg.data, tiny_cfg.seed)
+    split = archive.load(tiny_cfg.data, tiny_cfg.seed)
     mlp = model.build(tiny_cfg.model, tiny_cfg.augment, len(split.class_names),
                       preprocess.fit(tiny_cfg.preprocess, split.x_train), tiny_cfg.seed)
-    with tracking.start_run(tiny_cfg, [], split) as run:
+    with runs.start_run(tiny_cfg, [], split) as run:
         model_uri = run.log_model(mlp, split.x_test[:5], split.class_names)
     for uri in (model_uri, f"runs:/{run.run_id}/model"):  # by its id, and by its run
         loaded = mlflow.keras.load_model(uri)
@@ -86,7 +88,7 @@ def test_the_logged_model_predicts_as_the_model_in_process(variant, tiny_cifar, 
 
 @pytest.mark.slow
 def test_a_sweep_registers_its_best_child_once_with_the_alias(tiny_cifar, tmp_path):
-    from cifar10_mlp import registry
+    from cifar10_mlp.tracking import registry
 
     done = run_bin("cifar10-mlp", ["-m", *sweep_overrides(tiny_cifar, tmp_path),
                                    "tracking.log_model=true", "tracking.registered_model=x",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cifar10_mlp.optim import build, learning_rate_schedule
+from cifar10_mlp.training.optim import build, learning_rate_schedule
 
 STEPS = 10  # per epoch
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from cifar10_mlp import plots
-from cifar10_mlp.evaluate import from_probabilities
+from cifar10_mlp.training import plots
+from cifar10_mlp.training.evaluate import from_probabilities
 
 NAMES = ("cat", "dog", "ship")
 

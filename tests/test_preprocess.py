@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cifar10_mlp import preprocess
+from cifar10_mlp.data import preprocess
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from cifar10_mlp import plots, report, sweep_figures
-from cifar10_mlp.sweep_store import ChildRun
+from cifar10_mlp.sweeps import report, study_figures
+from cifar10_mlp.tracking.sweep_runs import ChildRun
+from cifar10_mlp.training import plots
 from hydra_plugins.cifar10_mlp_optuna_sweeper.optuna_sweeper import as_override, distribution
 
 
@@ -138,7 +139,7 @@ def test_a_sweep_stopped_before_any_job_started_still_gets_its_table():
 def test_the_grid_of_a_sweep_is_the_one_hydra_launches():
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference
 
-    from cifar10_mlp.sweep import grid_jobs
+    from cifar10_mlp.sweeps.callback import grid_jobs
 
     params = {"model.hidden": "[512],[1024,512]"}
     arguments = ["optimizer.lr=0.01,0.001", "trainer.epochs=3", "seed=1,2"]
@@ -160,9 +161,9 @@ def test_importance_credits_the_key_that_decides_the_score():
                      {"model.hidden": hidden, "optimizer.lr": lr, "seed": str(i)},
                      {"selected_val_accuracy": val}, 1.0, None)
             for (hidden, lr), vals in measured.items() for i, val in enumerate(vals)]
-    study = sweep_figures.runs_study(runs, ["model.hidden", "optimizer.lr"],
+    study = study_figures.runs_study(runs, ["model.hidden", "optimizer.lr"],
                                      "selected_val_accuracy")
-    axes = sweep_figures.importance(study).axes[0]
+    axes = study_figures.importance(study).axes[0]
     bars = {label.get_text(): bar.get_width()
             for label, bar in zip(axes.get_yticklabels(), axes.patches, strict=True)}
     assert set(bars) == {"model.hidden", "optimizer.lr"}

@@ -1,6 +1,6 @@
 import os
 
-from cifar10_mlp import runtime
+from cifar10_mlp.training import runtime
 
 NOISE = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

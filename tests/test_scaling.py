@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_sweep import run, runs_of, sweep_overrides
 
-from cifar10_mlp.store import open_client, open_experiment
+from cifar10_mlp.tracking.store import open_client, open_experiment
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from test_sweep import CLI, run, runs_of, sweep_overrides
 
 from cifar10_mlp.runner import RunSummary
-from cifar10_mlp.study import (
+from cifar10_mlp.sweeps.study import (
     SAMPLERS,
     StudyError,
     build_sampler,

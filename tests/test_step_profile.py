@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cifar10_mlp import step_profile as sp
-from cifar10_mlp.step_profile import OpEvent
+from cifar10_mlp.training import step_profile as sp
+from cifar10_mlp.training.step_profile import OpEvent
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "profile_step.py"
 
@@ -78,7 +78,7 @@ def test_the_trace_reader_finds_the_ops_tensorflow_ran_in_unix_time(tmp_path):
 def test_the_products_counted_are_the_flops_the_model_counts():
     import keras
 
-    from cifar10_mlp import model
+    from cifar10_mlp.training import model
 
     inputs = keras.Input((48,))
     x = keras.layers.Dense(32)(inputs)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from cifar10_mlp.store import HEARTBEAT_TAG, open_experiment, process_lost
+from cifar10_mlp.tracking.store import HEARTBEAT_TAG, open_experiment, process_lost
 
 REPORT = str(Path(sys.executable).parent / "cifar10-mlp-report")
 
@@ -65,7 +65,7 @@ def test_the_sweep_report_ends_a_lost_job_killed(client, tmp_path):
 CONNECT = """
 import sys, time
 from mlflow import MlflowClient
-from cifar10_mlp.store import open_client
+from cifar10_mlp.tracking.store import open_client
 connect = {"open_client": open_client, "MlflowClient": MlflowClient}[sys.argv[2]]
 time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all start at the same moment
 print(len(connect(sys.argv[1]).search_experiments()))

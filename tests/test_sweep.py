@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_overrides
 from mlflow import MlflowClient
 
-from cifar10_mlp.store import open_experiment
+from cifar10_mlp.tracking.store import open_experiment
 
 CLI = Path(sys.executable).parent
 GRID = ["model.hidden=[16],[32,16]", "optimizer.lr=0.01,0.001"]
@@ -119,8 +119,9 @@ def test_a_job_lost_before_its_run_opened_is_recorded_killed_with_its_config(
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import open_dict
 
-    from cifar10_mlp.launch import PARENT_RUN_ENV, SWEPT_KEYS_ENV, JobLost
-    from cifar10_mlp.sweep import SweepTracker
+    from cifar10_mlp.errors import JobLost
+    from cifar10_mlp.sweeps.callback import SweepTracker
+    from cifar10_mlp.sweeps.launch import PARENT_RUN_ENV, SWEPT_KEYS_ENV
 
     monkeypatch.setenv(PARENT_RUN_ENV, "")  # restored after the test
     monkeypatch.setenv(SWEPT_KEYS_ENV, "")
@@ -153,7 +154,7 @@ def test_a_job_lost_before_its_run_opened_is_recorded_killed_with_its_config(
 def test_n_jobs_zero_is_refused_before_the_sweep_opens_anything(tmp_path):
     from conftest import compose_config
 
-    from cifar10_mlp.sweep import SweepError, plan_sweep
+    from cifar10_mlp.sweeps.callback import SweepError, plan_sweep
 
     config = compose_config(["hydra/launcher=processes", "hydra.launcher.n_jobs=0",
                              f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"], with_hydra=True)
@@ -168,7 +169,7 @@ def test_n_jobs_zero_is_refused_before_the_sweep_opens_anything(tmp_path):
 def test_parallel_jobs_share_the_cores(n_jobs, cores, at_once, threads, monkeypatch):
     from omegaconf import OmegaConf
 
-    from cifar10_mlp.launch import cpus_per_job, jobs_at_once
+    from cifar10_mlp.sweeps.launch import cpus_per_job, jobs_at_once
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert jobs_at_once(n_jobs) == at_once

@@ -3,13 +3,15 @@ import signal
 import pytest
 from mlflow import MlflowClient
 
-from cifar10_mlp import data, tracking
+from cifar10_mlp import stopping
+from cifar10_mlp.data import archive
+from cifar10_mlp.tracking import runs
 
 
 def test_a_run_that_raises_ends_failed_with_the_error_recorded(tiny_cfg):
-    split = data.load(tiny_cfg.data, tiny_cfg.seed)
+    split = archive.load(tiny_cfg.data, tiny_cfg.seed)
     with pytest.raises(RuntimeError, match="loss exploded"), \
-            tracking.start_run(tiny_cfg, ["trainer.epochs=2"], split) as run:
+            runs.start_run(tiny_cfg, ["trainer.epochs=2"], split) as run:
         raise RuntimeError("loss exploded")
     client = MlflowClient(tiny_cfg.tracking.uri)
     logged = client.get_run(run.run_id)
@@ -23,7 +25,7 @@ def test_a_run_that_raises_ends_failed_with_the_error_recorded(tiny_cfg):
 
 
 def test_flatten_gives_dotted_keys():
-    flat = tracking.flatten({"model": {"hidden": [8, 4], "bn": True}, "seed": 1})
+    flat = runs.flatten({"model": {"hidden": [8, 4], "bn": True}, "seed": 1})
     assert flat == {"model.hidden": "[8, 4]", "model.bn": "True", "seed": "1"}
 
 
@@ -31,7 +33,7 @@ def test_a_signal_during_a_store_write_is_delivered_after_the_write():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:
         written = []
-        with pytest.raises(KeyboardInterrupt), tracking.uninterrupted():
+        with pytest.raises(KeyboardInterrupt), stopping.uninterrupted():
             signal.raise_signal(signal.SIGINT)
             written.append("metrics")
         assert written == ["metrics"]

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from conftest import OPTION_VARIANTS, compose_config, tiny_overrides
 
-from cifar10_mlp import checkpoint, data, evaluate, model, preprocess, stopping, train
+from cifar10_mlp import stopping
+from cifar10_mlp.data import archive, preprocess
+from cifar10_mlp.training import checkpoint, evaluate, model, train
 
 
 def fit_once(cfg, checkpoints=None, callbacks=()):
-    split = data.load(cfg.data, cfg.seed)
+    split = archive.load(cfg.data, cfg.seed)
     prep = preprocess.fit(cfg.preprocess, split.x_train)
     mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
     folder = checkpoints or Path(tempfile.mkdtemp())

@@ -3,7 +3,7 @@
 The packaged hydra-optuna-sweeper pins Optuna < 3 and never got pruning: its trial object
 lives in the sweeper's process, and its batches of ``n_jobs`` keep a pruned trial's slot
 busy until the batch ends. Here each job joins its own trial from its own process
-(``cifar10_mlp.study``; the trial number reaches it as ``hydra.sweeper.trial``), reports
+(``cifar10_mlp.sweeps.study``; the trial number reaches it as ``hydra.sweeper.trial``), reports
 validation accuracy every epoch and stops when the pruner says so; the sweeper keeps
 ``n_jobs`` trials running and starts the next one as soon as any ends.
 
@@ -64,7 +64,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from cifar10_mlp import study as studies
+        from cifar10_mlp.sweeps import study as studies
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # this sweeper logs the study
         studies.check_search(self.objectives, self.sampler, self.pruner, self.storage,

@@ -36,7 +36,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
 from cifar10_mlp import stopping
-from cifar10_mlp.launch import (
+from cifar10_mlp.sweeps.launch import (
     JobLauncher,
     job_config,
     jobs_at_once,
@@ -66,7 +66,7 @@ class ProcessLauncher(JobLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
-        from cifar10_mlp.tracking import uninterrupted  # MLflow: only once a sweep launches
+        from cifar10_mlp.stopping import uninterrupted
 
         sweep_dir = self.begin_launch()
         at_once = jobs_at_once(self.n_jobs)

@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
-from cifar10_mlp.launch import JobLauncher, job_config, report_lost_job, run_job_in_worker
+from cifar10_mlp.sweeps.launch import JobLauncher, job_config, report_lost_job, run_job_in_worker
 
 log = logging.getLogger(__name__)
 _RAY_INIT = threading.Lock()

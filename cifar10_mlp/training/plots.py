@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar10_mlp.evaluate import Evaluation
+from cifar10_mlp.training.evaluate import Evaluation
 
 
 def all_figures(evaluation: Evaluation, history: dict[str, list[float]], images: np.ndarray,

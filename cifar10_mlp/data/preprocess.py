@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cifar10_mlp.data import IMAGE_SHAPE
+from cifar10_mlp.data.archive import IMAGE_SHAPE
 
 CHUNK = 4096  # images per chunk when accumulating statistics in float64
 # a flattened (32, 32, 3) image's values in the order of its mirror image's

@@ -10,9 +10,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifar10_mlp import batches, checkpoint, optim, preprocess, stopping
-from cifar10_mlp.data import DataSplit
+from cifar10_mlp import stopping
+from cifar10_mlp.data import batches, preprocess
+from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
+from cifar10_mlp.training import checkpoint, optim
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -16,8 +16,8 @@ import optuna
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from cifar10_mlp.plots import as_floats
-from cifar10_mlp.sweep_store import ChildRun
+from cifar10_mlp.tracking.sweep_runs import ChildRun
+from cifar10_mlp.training.plots import as_floats
 
 VALUE_NAME = "validation accuracy"
 

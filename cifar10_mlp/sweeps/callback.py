@@ -30,11 +30,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp import stopping
-from cifar10_mlp.errors import UserError
-from cifar10_mlp.launch import (
+from cifar10_mlp.errors import JobLost, UserError
+from cifar10_mlp.sweeps.launch import (
     PARENT_RUN_ENV,
     SWEPT_KEYS_ENV,
-    JobLost,
+    failure_of,
     fill_launch_settings,
     job_overrides,
 )
@@ -81,13 +81,13 @@ class SweepTracker(Callback):
         global _open_sweep
         # imported here, not at the top: Hydra builds callbacks for every run, and a
         # single run must not import MLflow and TensorFlow before its config is checked
-        from cifar10_mlp import sweep_store
-        from cifar10_mlp.tracking import uninterrupted
+        from cifar10_mlp.stopping import uninterrupted
+        from cifar10_mlp.tracking import sweep_runs
 
         plan = plan_sweep(config)
         uri, lost_after = config.tracking.uri, config.tracking.lost_after_minutes * 60
         resumes = plan.search or config.sweep.resume
-        earlier = (sweep_store.latest_sweep(uri, config.tracking.experiment, plan.resume_key)
+        earlier = (sweep_runs.latest_sweep(uri, config.tracking.experiment, plan.resume_key)
                    if resumes else None)
         if config.sweep.resume and not plan.search and (earlier is None
                                                          or earlier[1] == "FINISHED"):
@@ -100,10 +100,10 @@ class SweepTracker(Callback):
         with uninterrupted():
             if earlier is not None:
                 self.parent_run_id = earlier[0]
-                sweep_store.reopen_sweep(uri, self.parent_run_id, lost_after)
+                sweep_runs.reopen_sweep(uri, self.parent_run_id, lost_after)
                 log.info("continuing the sweep of parent MLflow run %s", self.parent_run_id)
             else:
-                self.parent_run_id = sweep_store.open_sweep(
+                self.parent_run_id = sweep_runs.open_sweep(
                     uri, config.tracking.experiment, plan.run_name, plan.tags, plan.params,
                     plan.resume_key)
                 log.info("%s: parent MLflow run %s", plan.run_name, self.parent_run_id)
@@ -122,18 +122,17 @@ class SweepTracker(Callback):
         One whose worker died (:class:`JobLost`) ends KILLED, to be continued."""
         if self.parent_run_id is None or job_return.status != JobStatus.FAILED:
             return
-        from cifar10_mlp import sweep_store
+        from cifar10_mlp.tracking import sweep_runs
 
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         fill_launch_settings(job_cfg, config.hydra, sweeping=True)
         # the job's own overrides, as its run records them (not the sweeper's hydra.* ones)
         overrides = [o for o in job_overrides(job_return.overrides)
                      if not o.startswith(("hydra.", "hydra/"))]
-        # the exception a FAILED job ended with (JobReturn.return_value would raise it)
-        error = job_return._return_value
+        error = failure_of(job_return)
         self.n_lost += isinstance(error, JobLost)
         try:
-            sweep_store.record_lost_job(job_cfg, overrides, self.parent_run_id, error)
+            sweep_runs.record_lost_job(job_cfg, overrides, self.parent_run_id, error)
         except Exception:  # the other jobs go on; the sweep fails at its end
             log.exception("could not record the lost job's run")
             self.n_unrecorded += 1
@@ -142,10 +141,10 @@ class SweepTracker(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.parent_run_id is None:
             return
-        from cifar10_mlp import sweep_report
+        from cifar10_mlp.sweeps import report_files
 
         # a sweep with lost jobs ends KILLED, as a stopped one: sweep.resume=true continues it
-        written = sweep_report.write(config.tracking.uri, self.parent_run_id,
+        written = report_files.write(config.tracking.uri, self.parent_run_id,
                                      Path(config.hydra.sweep.dir),
                                      config.tracking.lost_after_minutes * 60, self.planned,
                                      end_as="KILLED" if self.n_lost else "FINISHED")
@@ -153,7 +152,7 @@ class SweepTracker(Callback):
         print(written.text(self.parent_run_id))
         outcome = written.outcome
         if config.tracking.registered_model and outcome.best is not None:
-            from cifar10_mlp import registry
+            from cifar10_mlp.tracking import registry
 
             registered = registry.register_best(
                 config.tracking.uri, self.parent_run_id, outcome.best.run_id,
@@ -182,11 +181,12 @@ class SweepTracker(Callback):
         """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
         partial report; the one line to print (what stopped, how to continue). The caller
         ignores further signals meanwhile, so a second Ctrl-C cannot cut this short."""
-        from cifar10_mlp import sweep_report, sweep_store
+        from cifar10_mlp.sweeps import report_files
+        from cifar10_mlp.tracking import sweep_runs
 
         config = self.config
-        sweep_store.stop_children(config.tracking.uri, self.parent_run_id, reason)
-        outcome = sweep_report.write(config.tracking.uri, self.parent_run_id,
+        sweep_runs.stop_children(config.tracking.uri, self.parent_run_id, reason)
+        outcome = report_files.write(config.tracking.uri, self.parent_run_id,
                                      Path(config.hydra.sweep.dir),
                                      config.tracking.lost_after_minutes * 60, self.planned,
                                      end_as="KILLED", stopped_by=reason).outcome
@@ -211,10 +211,10 @@ class SweepTracker(Callback):
 
     @staticmethod
     def _end_unfinished(uri: str, parent_run_id: str) -> None:
-        from cifar10_mlp import sweep_store
+        from cifar10_mlp.tracking import sweep_runs
 
         try:
-            sweep_store.end_unfinished(uri, parent_run_id)
+            sweep_runs.end_unfinished(uri, parent_run_id)
         except Exception as err:  # at exit: say so, never mask how the sweep ended
             log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
 
@@ -247,7 +247,7 @@ def plan_sweep(config: DictConfig) -> SweepPlan:
     tags = {"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])}
     study = sweeper.get("study_name")
     if study:
-        from cifar10_mlp.study import check_search
+        from cifar10_mlp.sweeps.study import check_search
 
         check_search(sweeper.objectives, sweeper.sampler, sweeper.pruner, sweeper.storage,
                      sweeper.n_jobs, config.hydra.launcher._target_)

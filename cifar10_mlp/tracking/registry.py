@@ -17,8 +17,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from cifar10_mlp.errors import UserError
-from cifar10_mlp.store import open_client
-from cifar10_mlp.tracking import CLASS_NAMES_KEY, MODEL_URI_TAG
+from cifar10_mlp.tracking.runs import CLASS_NAMES_KEY, MODEL_URI_TAG
+from cifar10_mlp.tracking.store import open_client
 
 if TYPE_CHECKING:
     import keras

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from cifar10_mlp.schema import TTA_MODES
+from cifar10_mlp.config.schema import TTA_MODES
 
 AVERAGES = ("macro avg", "weighted avg")
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from cifar10_mlp.schema import ConfigError
+from cifar10_mlp.config.schema import ConfigError
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,

@@ -74,7 +74,7 @@ def predict_files(model, class_names: list[str], files: list[Path], top: int,
             images[file] = to_cifar(file)
         except (OSError, ValueError) as err:
             errors[file] = _reason(err)
-    from cifar10_mlp.evaluate import predict
+    from cifar10_mlp.training.evaluate import predict
 
     probabilities = (predict(model, np.stack(list(images.values())), batch_size) if images
                      else np.empty((0, len(class_names))))

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from cifar10_mlp.allowed import (
+from cifar10_mlp.config.allowed import (
     ConfigError,
     Flag,
     Items,
@@ -238,9 +238,16 @@ class Config:
     trainer: TrainerConfig = MISSING
     evaluation: EvaluationConfig = MISSING
     tracking: TrackingConfig = MISSING
-    eda: EdaConfig = MISSING
     sweep: SweepConfig = MISSING
     seed: int = allowed(Range("an integer in [0, 2**32 - 1]", low=0, high=2**32 - 1))
+
+
+@dataclass
+class EdaRunConfig(Config):
+    """`cifar10-mlp-eda`'s config: a training run's, which decides the data it reports on,
+    and the report's own settings."""
+
+    eda: EdaConfig = MISSING
 
 
 def register_configs() -> None:
@@ -258,7 +265,8 @@ def register_configs() -> None:
                          ("cosine_schema", CosineScheduleConfig),
                          ("step_schema", StepScheduleConfig), ("trainer_schema", TrainerConfig),
                          ("evaluation_schema", EvaluationConfig),
-                         ("tracking_schema", TrackingConfig), ("eda_schema", EdaConfig)):
+                         ("tracking_schema", TrackingConfig), ("eda_schema", EdaConfig),
+                         ("eda_config_schema", EdaRunConfig)):
         cs.store(name=name, node=schema)
 
 

@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar10_mlp import groups as seeds
-from cifar10_mlp import pages, plots, report, report_page, sweep_figures, sweep_store
-from cifar10_mlp.store import absolute_uri, ui_url, where_to_look
+from cifar10_mlp import pages
+from cifar10_mlp.sweeps import report, report_page, seeds, study_figures
+from cifar10_mlp.tracking import sweep_runs
+from cifar10_mlp.tracking.store import absolute_uri, ui_url, where_to_look
+from cifar10_mlp.training import plots
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,10 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
     """Build the sweep's report, write it to ``out_dir`` and log it to the parent, which then
     ends ``end_as`` (FINISHED; KILLED when ``stopped_by`` a signal; None leaves its status).
     Jobs left RUNNING by a lost process end KILLED first."""
-    sweep_store.end_lost_children(uri, parent_run_id, lost_after_s)
-    parent = sweep_store.parent_run(uri, parent_run_id)
+    sweep_runs.end_lost_children(uri, parent_run_id, lost_after_s)
+    parent = sweep_runs.parent_run(uri, parent_run_id)
     tags = parent.data.tags
-    children = sweep_store.sweep_children(uri, parent_run_id)
+    children = sweep_runs.sweep_children(uri, parent_run_id)
     objectives = json.loads(tags["sweep_objectives"]) if "sweep_objectives" in tags else None
     outcome = report.build(children, objectives, planned)
     finished = [run for run in children if report.status(run) == "FINISHED"]
@@ -100,7 +102,7 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
                     if k in report.METRIC_COLUMNS}
     if groups and groups[0].n > 1:
         metrics["best_group_mean_val_accuracy"] = groups[0].mean
-    sweep_store.close_sweep(uri, parent_run_id, summary_tags, metrics, files, end_as)
+    sweep_runs.close_sweep(uri, parent_run_id, summary_tags, metrics, files, end_as)
     return Written(outcome, verdict, page, where_to_look(absolute_uri(uri),
                                                          parent.info.experiment_id, parent_run_id))
 
@@ -112,22 +114,22 @@ def _figures(uri: str, tags: dict[str, str], children, outcome) -> dict:
     shown = [run for run in children if report.status(run) in ("FINISHED", report.PRUNED)]
     figures = {
         "validation_curves.png": plots.validation_curves(
-            sweep_store.curves(uri, shown, "val_accuracy"),
+            sweep_runs.curves(uri, shown, "val_accuracy"),
             outcome.best.name if outcome.best else None, pruned),
         "val_accuracy_by_hyperparameter.png": plots.hyperparameter_scatter(
             outcome.rows, outcome.swept, report.SELECTION_METRIC)}
     finished = [run for run in children if report.status(run) == "FINISHED"]
     try:  # Optuna's plots: a figure it cannot draw for these runs leaves the page without it
-        study = sweep_figures.runs_study(finished, [k for k in outcome.swept if k != "seed"],
+        study = study_figures.runs_study(finished, [k for k in outcome.swept if k != "seed"],
                                          report.SELECTION_METRIC)
         if study is not None:
-            figures["parallel_coordinates.png"] = sweep_figures.parallel_coordinates(study)
-            importance = sweep_figures.importance(study)
+            figures["parallel_coordinates.png"] = study_figures.parallel_coordinates(study)
+            importance = study_figures.importance(study)
             if importance is not None:
                 figures["parameter_importance.png"] = importance
         search = _search_study(tags)
         if search is not None:
-            figures |= sweep_figures.search_history(search)
+            figures |= study_figures.search_history(search)
     except Exception as err:  # noqa: BLE001 - the report must not fail for a figure
         log.warning("some of Optuna's figures were left out of the report: %s", err)
     if len(outcome.objectives) > 1:
@@ -137,13 +139,13 @@ def _figures(uri: str, tags: dict[str, str], children, outcome) -> dict:
 
 def _search_study(tags: dict[str, str]):
     """An Optuna search's study (its parent's resume key is ``<journal>#<study name>``)."""
-    key = tags.get(sweep_store.RESUME_KEY_TAG, "")
+    key = tags.get(sweep_runs.RESUME_KEY_TAG, "")
     journal, _, name = key.rpartition("#")
     if key.startswith("grid:") or not journal or not Path(journal).is_file():
         return None
     import optuna
 
-    from cifar10_mlp.study import open_storage
+    from cifar10_mlp.sweeps.study import open_storage
 
     try:
         return optuna.load_study(study_name=name, storage=open_storage(journal, "/"))
@@ -157,7 +159,7 @@ def _best_run_images(uri: str, outcome, out_dir: Path) -> dict[str, Path]:
         return {}
     found = {}
     for name in ("confusion_matrix.png", "learning_curves.png"):
-        path = sweep_store.download_artifact(uri, outcome.best.run_id, f"plots/{name}", out_dir)
+        path = sweep_runs.download_artifact(uri, outcome.best.run_id, f"plots/{name}", out_dir)
         if path is not None:
             found[name] = path.replace(out_dir / f"best_{name}")
     return found

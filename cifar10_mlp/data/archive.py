@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar10_mlp.config.schema import CIFAR10_CLASSES
 from cifar10_mlp.errors import UserError
-from cifar10_mlp.schema import CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
 

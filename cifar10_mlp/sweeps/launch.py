@@ -9,6 +9,8 @@ launchers in ``hydra_plugins``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -30,11 +32,13 @@ from hydra.core.utils import (
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cifar10_mlp.errors import JobLost
+
 if TYPE_CHECKING:  # Optuna and MLflow are imported only by the jobs that need them
     from hydra.types import HydraContext, TaskFunction
 
-    from cifar10_mlp.study import JobTrial
-    from cifar10_mlp.sweep_store import ChildRun
+    from cifar10_mlp.sweeps.study import JobTrial
+    from cifar10_mlp.tracking.sweep_runs import ChildRun
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ def search_trial(hydra_cfg: DictConfig) -> JobTrial | None:
     ``hydra.sweeper.trial``); the study's storage path is relative to the launch folder."""
     if OmegaConf.select(hydra_cfg, "sweeper.trial") is None:
         return None
-    from cifar10_mlp.study import join_trial
+    from cifar10_mlp.sweeps.study import join_trial
 
     return join_trial(hydra_cfg.sweeper, hydra_cfg.runtime.cwd)
 
@@ -109,7 +113,7 @@ def search_trial(hydra_cfg: DictConfig) -> JobTrial | None:
 def earlier_run(cfg: DictConfig, parent_run_id: str, overrides: list[str]) -> ChildRun | None:
     """In a sweep continued with ``sweep.resume=true``: this job's run from before, if any
     (a run left RUNNING by a lost process is ended KILLED first, to be continued)."""
-    from cifar10_mlp.sweep_store import earlier_job
+    from cifar10_mlp.tracking.sweep_runs import earlier_job
 
     return earlier_job(cfg.tracking.uri, parent_run_id, overrides,
                        cfg.tracking.lost_after_minutes * 60)
@@ -120,7 +124,7 @@ def sweep_stopping(cfg: DictConfig, parent_run_id: str | None) -> bool:
     though its launcher still hands it out (Ray runs queued tasks as workers free up)."""
     if parent_run_id is None:
         return False
-    from cifar10_mlp.sweep_store import stopping
+    from cifar10_mlp.tracking.sweep_runs import stopping
 
     return stopping(cfg.tracking.uri, parent_run_id)
 
@@ -145,11 +149,6 @@ class JobLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         return sweep_dir
-
-
-class JobLost(RuntimeError):
-    """A sweep job's worker process died (killed, out of memory, node lost) before it
-    returned; the message says how."""
 
 
 def job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str],
@@ -190,7 +189,20 @@ def report_lost_job(hydra_context: HydraContext, sweep_config: DictConfig,
     log.error("%s was lost: %s", job_name(sweep_config.hydra.job.num, filter_overrides(
         overrides), os.environ.get(SWEPT_KEYS_ENV, "").split(",")), how)
     lost = JobReturn(overrides=list(overrides), cfg=sweep_config, hydra_cfg=sweep_config,
-                     status=JobStatus.FAILED, _return_value=JobLost(how),
-                     task_name=sweep_config.hydra.job.name)
+                     status=JobStatus.FAILED, task_name=sweep_config.hydra.job.name)
+    lost.return_value = JobLost(how)
     hydra_context.callbacks.on_job_end(config=sweep_config, job_return=lost)
-    return replace(lost, status=JobStatus.COMPLETED, _return_value=math.nan)
+    value = replace(lost, status=JobStatus.COMPLETED)
+    value.return_value = math.nan
+    return value
+
+
+def failure_of(job_return: JobReturn) -> BaseException:
+    """The exception a FAILED job ended with. Hydra's getter raises it, after writing a line
+    to stderr that would repeat what the sweep callback says about the job."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            job_return.return_value  # noqa: B018
+    except BaseException as error:
+        return error
+    raise ValueError(f"job {job_return.overrides} did not fail")

@@ -14,8 +14,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from cifar10_mlp.report import SELECTION_METRIC
-from cifar10_mlp.sweep_store import ChildRun
+from cifar10_mlp.sweeps.report import SELECTION_METRIC
+from cifar10_mlp.tracking.sweep_runs import ChildRun
 
 # standard deviations over seeds 1, 2, 3 of the default run on the real data
 # (`cifar10-mlp -m seed=1,2,3`, README "Results"): test accuracy 0.5846 / 0.5847 / 0.5892;

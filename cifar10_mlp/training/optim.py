@@ -17,7 +17,7 @@ def build(optimizer_cfg, learning_rate) -> keras.optimizers.Optimizer:
         raise ValueError(f"optimizer.name={cfg.name!r} is not a known optimizer")
     decay = cfg.get("weight_decay", 0.0)
     if cfg.fused:
-        from cifar10_mlp import fused_optimizers as fused
+        from cifar10_mlp.training import fused_optimizers as fused
 
         if cfg.name == "sgd":
             return fused.FusedSGD(learning_rate, cfg.momentum, cfg.nesterov)

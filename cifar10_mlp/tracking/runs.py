@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
-import threading
 import time
 import traceback
 import warnings
@@ -32,10 +30,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
-from cifar10_mlp.data import DataSplit
+from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
-from cifar10_mlp.evaluate import Evaluation
-from cifar10_mlp.store import HEARTBEAT_TAG, absolute_uri, open_experiment
+from cifar10_mlp.stopping import uninterrupted
+from cifar10_mlp.tracking.store import HEARTBEAT_TAG, absolute_uri, open_experiment
+from cifar10_mlp.training.evaluate import Evaluation
 
 if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks run before it
     import keras
@@ -49,29 +48,6 @@ MODEL_URI_TAG = "model_uri"
 CLASS_NAMES_KEY = "class_names"
 # versions recorded on every run, so a result can be traced and rerun
 TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
-
-
-@contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
-
-    A signal that lands inside a store write can leave a SQLite transaction open and
-    the database locked, so the run could not even be marked KILLED afterwards.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
-    held: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, lambda received, frame: held.append(received))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if held:
-            signal.raise_signal(held[0])
 
 
 class TrackedRun:
@@ -144,7 +120,7 @@ class TrackedRun:
         creates the model folder and fails (mlflow/mlflow#16183), leaving a second, empty
         LoggedModel behind.
         """
-        from cifar10_mlp.fused_layers import with_keras_layers
+        from cifar10_mlp.training.fused_layers import with_keras_layers
 
         model = with_keras_layers(model)
         info = mlflow.keras.log_model(

@@ -7,8 +7,8 @@ import html
 from dataclasses import dataclass
 
 from cifar10_mlp import pages
-from cifar10_mlp.groups import Group
-from cifar10_mlp.report import SELECTION_METRIC, SweepReport, short_name
+from cifar10_mlp.sweeps.report import SELECTION_METRIC, SweepReport, short_name
+from cifar10_mlp.sweeps.seeds import Group
 
 BEST = ' class="best"'
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from cifar10_mlp import preprocess
-from cifar10_mlp.data import IMAGE_SHAPE
+from cifar10_mlp.data import preprocess
+from cifar10_mlp.data.archive import IMAGE_SHAPE
 
 
 def build(model_cfg, augment_cfg, n_classes: int, prep: preprocess.Preprocessing, seed: int
@@ -106,7 +106,7 @@ class _Layers:
 
     @staticmethod
     def fused() -> _Layers:
-        from cifar10_mlp import fused_layers
+        from cifar10_mlp.training import fused_layers
 
         return _Layers(fused_layers.FusedBatchNormalization, fused_layers.CheapDropout)
 

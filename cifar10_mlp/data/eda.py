@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import logging
-import os
 from collections import defaultdict
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from cifar10_mlp import pages, preprocess
-from cifar10_mlp.data import DataSplit
+from cifar10_mlp import pages
+from cifar10_mlp.data import preprocess
+from cifar10_mlp.data.archive import DataSplit
 
 log = logging.getLogger(__name__)
 
@@ -116,40 +113,6 @@ def statistics(split: DataSplit, prep: preprocess.Preprocessing,
         "preprocess": prep.name,
         "duplicates": duplicates(split),
     }
-
-
-def explore(cfg, overrides: Sequence[str] = ()) -> tuple[str, Path]:
-    """The whole report for a config: statistics, figures, HTML page, one MLflow run.
-
-    Returns the MLflow run id and the HTML page's path.
-    """
-    from cifar10_mlp import data, plots, runtime, tracking
-
-    runtime.start(cfg.trainer.threads or os.cpu_count() or 1)
-    split = data.load(cfg.data, cfg.seed)
-    log.info("fitting %s preprocessing on the training split", cfg.preprocess.name)
-    prep = preprocess.fit(cfg.preprocess, split.x_train)
-    log.info("preprocessing %d training images", len(split.y_train))
-    after = preprocessed(prep, split.x_train)
-    log.info("class counts, pixel statistics, duplicates")
-    stats = statistics(split, prep, after)
-    points = projections(split, cfg.eda.projection_samples, cfg.eda.tsne_samples, cfg.seed)
-    names = split.class_names
-    figures = {
-        "class_counts.png": plots.class_counts(stats["counts"], names),
-        "samples.png": plots.sample_grid(split.x_train, split.y_train, names,
-                                         cfg.eda.samples_per_class),
-        "pixel_histograms.png": plots.channel_histograms(split.x_train, after, prep.name),
-        "class_means.png": plots.class_mean_images(class_mean_images(split), names),
-        "projections.png": plots.projections(points, names),
-    }
-    out_dir = Path(cfg.eda.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "statistics.json").write_text(json.dumps(stats, indent=2))
-    html = out_dir / "eda.html"
-    html.write_text(render_html(stats, figures))
-    log.info("logging to MLflow")
-    return tracking.log_eda(cfg, overrides, split, stats, figures, html), html
 
 
 def render_html(stats: dict, figures: dict) -> str:

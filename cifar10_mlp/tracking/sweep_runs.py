@@ -21,9 +21,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from cifar10_mlp.launch import JobLost
-from cifar10_mlp.store import alive, end_lost, open_client, open_experiment, process_lost
-from cifar10_mlp.tracking import (
+from cifar10_mlp.errors import JobLost
+from cifar10_mlp.tracking.runs import (
     MAX_TAG_LENGTH,
     PRUNED_TAG,
     git_tags,
@@ -31,6 +30,7 @@ from cifar10_mlp.tracking import (
     record_failed_run,
     record_unopened_run,
 )
+from cifar10_mlp.tracking.store import alive, end_lost, open_client, open_experiment, process_lost
 
 # tag of a parent run: what its sweep runs (its Optuna study, or its grid of jobs)
 RESUME_KEY_TAG = "sweep_resume_key"
@@ -229,7 +229,7 @@ def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: st
                     error: BaseException) -> None:
     """Record a sweep job that its launcher reports FAILED, and so no job goes missing.
 
-    One whose worker process died (:class:`~cifar10_mlp.launch.JobLost`) ends KILLED with
+    One whose worker process died (:class:`~cifar10_mlp.sweeps.launch.JobLost`) ends KILLED with
     ``error: process lost``, its epochs and checkpoint kept for ``sweep.resume=true``; any
     other error ends it FAILED. Its run is the one it had opened, or, when it died before
     opening one, a new child run holding its config.

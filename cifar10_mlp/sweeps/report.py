@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar10_mlp.sweep_store import ChildRun
-from cifar10_mlp.tracking import overrides_tag
+from cifar10_mlp.tracking.runs import overrides_tag
+from cifar10_mlp.tracking.sweep_runs import ChildRun
 
 SELECTION_METRIC = "selected_val_accuracy"  # validation only: the test set never picks a run
 METRIC_COLUMNS = (SELECTION_METRIC, "test_accuracy", "test_f1_macro", "epochs_trained")
