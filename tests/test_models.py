@@ -59,7 +59,7 @@ def test_the_run_model_is_a_logged_model_with_its_test_metrics_and_a_version(tra
     assert f"model {model_uri}, registered as tiny version 1 (models:/tiny/1)" in stdout
     assert f"cifar10-mlp-predict {model_uri} " in stdout
     (version,) = MlflowClient(uri).search_model_versions("name = 'tiny'")
-    assert str(version.version) == "1" and version.source == model_uri
+    assert str(version.version) == "1" and version.source == model.artifact_location
     info = mlflow.models.get_model_info(model_uri)
     assert info.metadata["class_names"] == CLASSES
     assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8",
@@ -71,7 +71,7 @@ def test_the_run_model_is_a_logged_model_with_its_test_metrics_and_a_version(tra
                          ids=["default", *OPTION_VARIANTS])
 def test_the_logged_model_predicts_as_the_model_in_process(variant, tiny_cifar, tmp_path):
     from cifar10_mlp.data import archive, preprocess
-    from cifar10_mlp.tracking import runs
+    from cifar10_mlp.tracking import registry, runs
     from cifar10_mlp.training import model
 
     tiny_cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), *variant])
@@ -80,8 +80,8 @@ def test_the_logged_model_predicts_as_the_model_in_process(variant, tiny_cifar, 
                       preprocess.fit(tiny_cfg.preprocess, split.x_train), tiny_cfg.seed)
     with runs.start_run(tiny_cfg, [], split) as run:
         model_uri = run.log_model(mlp, split.x_test[:5], split.class_names)
-    for uri in (model_uri, f"runs:/{run.run_id}/model"):  # by its id, and by its run
-        loaded = mlflow.keras.load_model(uri)
+    for name in (model_uri, run.run_id):  # by its id, and by its run
+        loaded, _ = registry.load(name, tiny_cfg.tracking.uri)
         np.testing.assert_array_equal(loaded.predict(split.x_test, verbose=0),
                                       mlp.predict(split.x_test, verbose=0))
 
@@ -98,8 +98,7 @@ def test_a_sweep_registers_its_best_child_once_with_the_alias(tiny_cifar, tmp_pa
     client, (parent,), children = runs_of(uri, "tests")
     assert len(children) == 2
     (version,) = client.search_model_versions("name = 'x'")  # the children registered none
-    registered_from = client.get_logged_model(
-        version.source.removeprefix("models:/")).source_run_id
+    registered_from = version.run_id
     best = max(children, key=lambda c: c.data.metrics["selected_val_accuracy"])
     assert registered_from == parent.data.tags["best_run_id"]
     assert client.get_run(registered_from).data.metrics["selected_val_accuracy"] == \

@@ -33,7 +33,7 @@ def test_misclassified_grid_shows_the_most_confident_mistakes_first():
 def test_misclassified_grid_caps_at_the_number_of_mistakes():
     fig = plots.misclassified_grid(evaluation(), np.zeros((6, 32, 32, 3), np.uint8), n=25)
     assert len(image_titles(fig)) == 3
-    assert "3 of 6 wrong" in fig._suptitle.get_text()
+    assert "3 of 6 wrong" in fig.get_suptitle()
 
 
 def test_confusion_matrix_is_labelled_and_annotated_with_counts():

@@ -91,7 +91,9 @@ def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, trac
     # the best child's model registered once, on the PostgreSQL-backed registry
     (version,) = client.search_model_versions(f"name = '{experiment}'")
     best = client.get_run(parent.data.tags["best_run_id"])
-    assert version.source == best.data.tags["model_uri"]
+    assert version.run_id == best.info.run_id
+    assert version.source == client.get_logged_model(
+        best.data.tags["model_uri"].removeprefix("models:/")).artifact_location
     assert client.get_model_version_by_alias(experiment, "best").version == version.version
     # two jobs at a time: the later two found the arrays the first ones decoded
     later = [Path(p) for p in sorted((tmp_path / "multirun").glob("*/*/[23]/*.log"))]
@@ -168,7 +170,7 @@ def test_slurm_preset_becomes_the_sbatch_header_a_cluster_needs(tmp_path, monkey
 
     launcher = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                                "hydra.launcher.account=vision"], with_hydra=True).hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher["_target_"].endswith("SlurmLauncher")
     # the parameters as the launcher hands them to submitit, which rejects any that
     # sbatch does not take; no cluster here, so pretend `srun` exists
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
@@ -176,9 +178,17 @@ def test_slurm_preset_becomes_the_sbatch_header_a_cluster_needs(tmp_path, monkey
     settings = {key if key in base else f"slurm_{key}": value
                 for key, value in OmegaConf.to_container(launcher, resolve=False).items()
                 if key not in {"_target_", "submitit_folder", "max_num_timeout", "name"}}
-    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
     executor.update_parameters(**settings)
-    header = executor._executor._make_submission_file_text("cifar10-mlp", "0")
+    # a stand-in sbatch keeps the script it is given, as a cluster's would queue it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\n'
+                                    'echo "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert executor.submit(print, "cifar10-mlp").job_id == "4242"
+    header = (tmp_path / "submitted.sh").read_text()
     for line in ("--partition=gpu", "--account=vision",
                  f"--cpus-per-task={launcher.cpus_per_task}", f"--mem={launcher.mem_gb}GB",
                  f"--time={launcher.timeout_min}"):

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import compose_config
+from conftest import CONFIG_DIR, compose_config
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from test_sweep import CLI, run, runs_of, sweep_overrides
 
 from cifar10_mlp.runner import RunSummary
 from cifar10_mlp.sweeps.study import (
-    SAMPLERS,
     StudyError,
+    build_pruner,
     build_sampler,
     check_search,
     join_trial,
@@ -31,7 +33,7 @@ from cifar10_mlp.sweeps.study import (
 
 State = optuna.trial.TrialState
 # a threshold no validation accuracy reaches: every trial is pruned after its first epoch
-ALWAYS_PRUNE = ["hydra.sweeper.pruner=threshold", "hydra.sweeper.pruners.threshold.lower=1.1"]
+ALWAYS_PRUNE = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.1"]
 
 
 def search_args(tiny, folder, n_trials, *extra):
@@ -59,12 +61,12 @@ SEARCHES = {
     "pruned": (2, PRUNED_BY_THRESHOLD),
     "pruned_processes": (2, [*PRUNED_BY_THRESHOLD, "hydra/launcher=processes",
                              "hydra.sweeper.n_jobs=2"]),
-    "random": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=random"]),
-    "cmaes": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=cmaes"]),
-    "qmc": (2, ["trainer.epochs=1", "hydra.sweeper.sampler=qmc"]),
+    "random": (2, ["trainer.epochs=1", "hydra/sweeper/sampler=random"]),
+    "cmaes": (2, ["trainer.epochs=1", "hydra/sweeper/sampler=cmaes"]),
+    "qmc": (2, ["trainer.epochs=1", "hydra/sweeper/sampler=qmc"]),
     # two objectives: NSGA-II, accuracy against size
     "pareto": (4, ["trainer.epochs=1", "hparams_search=mlp_pareto",
-                   "hydra.sweeper.samplers.nsga2.population_size=2"]),
+                   "hydra.sweeper.sampler.population_size=2"]),
 }
 
 
@@ -203,47 +205,87 @@ def test_a_multi_objective_search_reports_its_pareto_front(searches):
     assert "report/pareto_front.png" in report
 
 
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+            "cmaes": optuna.samplers.CmaEsSampler, "qmc": optuna.samplers.QMCSampler,
+            "nsga2": optuna.samplers.NSGAIISampler}
+PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+           "hyperband": optuna.pruners.HyperbandPruner,
+           "threshold": optuna.pruners.ThresholdPruner}
+
+
+def group_options(group):
+    return {p.stem for p in (Path(CONFIG_DIR) / "hydra" / "sweeper" / group).glob("*.yaml")}
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_builds_from_its_yaml_settings(name):
-    settings = compose_config(["hparams_search=mlp_optuna", f"hydra.sweeper.sampler={name}"],
-                              with_hydra=True).hydra.sweeper.samplers[name]
-    assert isinstance(build_sampler(name, dict(settings), seed=1), SAMPLERS[name])
+    assert group_options("sampler") == set(SAMPLERS)
+    settings = compose_config(["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={name}",
+                               "hydra.sweeper.sampler.n_startup_trials=3"]
+                              if name in {"tpe", "cmaes"} else
+                              ["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={name}"],
+                              with_hydra=True).hydra.sweeper.sampler
+    sampler = build_sampler(OmegaConf.to_container(settings, resolve=True), seed=1)
+    assert type(sampler) is SAMPLERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_pruner_builds_from_its_yaml_settings(name):
+    assert group_options("pruner") == set(PRUNERS)
+    cfg = compose_config(["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={name}",
+                          "trainer.epochs=7",
+                          *(["hydra.sweeper.pruner.lower=0.2"] if name == "threshold" else [])],
+                         with_hydra=True)
+    pruner = build_pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner, resolve=True))
+    assert type(pruner) is PRUNERS[name]
+
+
+def test_a_sampler_or_pruner_setting_it_does_not_take_is_refused_while_composing():
+    with pytest.raises(ConfigCompositionException, match="n_startup_trials"):
+        compose_config(["hparams_search=mlp_optuna", "hydra/sweeper/sampler=random",
+                        "hydra.sweeper.sampler.n_startup_trials=3"], with_hydra=True)
 
 
 ACCURACY = {"selected_val_accuracy": "maximize"}
-BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def search_settings(sampler="tpe", pruner="none", launcher="basic"):
+    """(sampler, pruner, choices) of the mlp_optuna search with these groups, as composed."""
+    cfg = compose_config(["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={sampler}",
+                          f"hydra/sweeper/pruner={pruner}", f"hydra/launcher={launcher}"],
+                         with_hydra=True).hydra
+    return cfg.sweeper.sampler, cfg.sweeper.pruner, cfg.runtime.choices
 
 
 @pytest.mark.parametrize("objectives, sampler, pruner, message", [
-    ({"selected_val_accuracy": "maximize"}, "grid", "none",
-     "hydra.sweeper.sampler='grid' is not allowed: expected one of tpe, random"),
-    ({"selected_val_accuracy": "maximize"}, "tpe", "asha",
-     "hydra.sweeper.pruner='asha' is not allowed: expected one of none, median"),
     ({"selected_val_accuracy": "up"}, "tpe", "none",
      "hydra.sweeper.objectives.selected_val_accuracy='up' is not allowed"),
     ({"selected_val_accuracy": "maximize", "trainable_params": "minimize"}, "cmaes", "none",
-     "hydra.sweeper.sampler=cmaes is not allowed with 2 objectives"),
+     "hydra/sweeper/sampler=cmaes is not allowed with 2 objectives"),
     ({"selected_val_accuracy": "maximize", "trainable_params": "minimize"}, "nsga2", "median",
-     "hydra.sweeper.pruner=median is not allowed with objectives"),
+     "hydra/sweeper/pruner=median is not allowed with objectives"),
     ({"time_train_seconds": "minimize"}, "tpe", "hyperband",
-     "hydra.sweeper.pruner=hyperband is not allowed with objectives"),
+     "hydra/sweeper/pruner=hyperband is not allowed with objectives"),
 ])
 def test_settings_optuna_cannot_run_are_refused_by_name(objectives, sampler, pruner, message):
     with pytest.raises(StudyError, match=message.replace("(", r"\(")):
-        check_search(objectives, sampler, pruner, "optuna.journal", 1, BASIC)
+        sampler_cfg, pruner_cfg, choices = search_settings(sampler, pruner)
+        check_search(objectives, sampler_cfg, pruner_cfg, "optuna.journal", 1, choices)
 
 
 def test_a_database_url_is_refused_as_storage():
     with pytest.raises(StudyError, match="hydra.sweeper.storage='sqlite:///o.db' is not "
                                          "allowed: expected the path of an Optuna journal"):
-        check_search(ACCURACY, "tpe", "none", "sqlite:///o.db", 1, BASIC)
+        check_search(ACCURACY, *search_settings()[:2], "sqlite:///o.db", 1, {})
 
 
 def test_parallel_trials_need_a_parallel_launcher():
     with pytest.raises(StudyError, match="n_jobs=2 is not allowed with Hydra's basic launcher"):
-        check_search(ACCURACY, "tpe", "none", "optuna.journal", 2, BASIC)
-    check_search(ACCURACY, "tpe", "none", "optuna.journal", 2,
-                 "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher")
+        sampler, pruner, choices = search_settings(launcher="basic")
+        check_search(ACCURACY, sampler, pruner, "optuna.journal", 2, choices)
+    sampler, pruner, choices = search_settings(launcher="processes")
+    check_search(ACCURACY, sampler, pruner, "optuna.journal", 2, choices)
 
 
 def summary(trial, **metrics):
@@ -324,11 +366,10 @@ def test_each_job_outcome_becomes_its_trial_state_and_counts_towards_n_trials(tm
 
 
 def test_a_setting_that_cannot_work_stops_the_search_before_anything_is_opened(tmp_path):
-    done = run("cifar10-mlp", ["hparams_search=mlp_optuna", "hydra.sweeper.pruner=asha"],
+    done = run("cifar10-mlp", ["hparams_search=mlp_pareto", "hydra/sweeper/pruner=median"],
                tmp_path)
     assert done.returncode != 0
-    assert "hydra.sweeper.pruner='asha' is not allowed: expected one of none, median" \
-        in done.stderr
+    assert "hydra/sweeper/pruner=median is not allowed with objectives" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())  # no MLflow store, no study, no sweep folder
 
@@ -390,4 +431,5 @@ def test_the_preset_search_retunes_the_preset_on_a_shorter_schedule():
     assert cfg.trainer.epochs < preset.trainer.epochs  # the search's shortened schedule
     space = cfg.hydra.sweeper.params
     assert set(space) == {"optimizer.lr", "model.dropout", "optimizer.weight_decay"}
-    assert cfg.hydra.sweeper.pruner == "successive_halving"
+    assert cfg.hydra.runtime.choices["hydra/sweeper/pruner"] == "successive_halving"
+    assert cfg.hydra.sweeper.pruner.min_resource == 3

@@ -249,13 +249,15 @@ def plan_sweep(config: DictConfig) -> SweepPlan:
     if study:
         from cifar10_mlp.sweeps.study import check_search
 
+        choices = config.hydra.runtime.choices
         check_search(sweeper.objectives, sweeper.sampler, sweeper.pruner, sweeper.storage,
-                     sweeper.n_jobs, config.hydra.launcher._target_)
+                     sweeper.n_jobs, choices)
         parser = OverridesParser.create()
         swept = [*search_space, *(o.get_key_element() for o in parser.parse_overrides(arguments)
                                   if o.is_sweep_override())]
         tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
-                 "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner,
+                 "sweep_sampler": choices["hydra/sweeper/sampler"],
+                 "sweep_pruner": choices["hydra/sweeper/pruner"],
                  SWEPT_KEYS_TAG: ",".join(swept)}
         return SweepPlan(True, swept, None, f"{Path(sweeper.storage).resolve()}#{study}",
                          f"search {study}: {' x '.join(swept)} ({sweeper.n_trials} trials)",

@@ -26,28 +26,15 @@ from typing import Any
 
 import optuna
 from hydra.errors import CompactHydraException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from cifar10_mlp.config.schema import ConfigError
 
-SAMPLERS = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-}
-PRUNERS = {
-    "none": optuna.pruners.NopPruner,
-    "median": optuna.pruners.MedianPruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "threshold": optuna.pruners.ThresholdPruner,
-}
-SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
-BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# samplers that optimise one objective only
+SINGLE_OBJECTIVE_SAMPLERS = (optuna.samplers.CmaEsSampler,)
 
 
 class StudyError(ConfigError, CompactHydraException):
@@ -62,31 +49,35 @@ def open_storage(journal: str, base_dir: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def build_sampler(name: str, settings: dict[str, Any], seed: int | None
-                  ) -> optuna.samplers.BaseSampler:
-    """The sampler ``name`` with its settings from ``hydra.sweeper.samplers.<name>``."""
-    return SAMPLERS[name](**settings, seed=seed)
+def build_sampler(settings: Mapping[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
+    """The sampler ``hydra.sweeper.sampler`` describes: its Optuna class (``_target_``) with
+    its settings as keyword arguments."""
+    return instantiate(settings, seed=seed)
 
 
-def build_pruner(name: str, settings: dict[str, Any]) -> optuna.pruners.BasePruner:
-    """The pruner ``name`` with its settings from ``hydra.sweeper.pruners.<name>``.
+def build_pruner(settings: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner ``hydra.sweeper.pruner`` describes, as :func:`build_sampler` does.
 
     Optuna stores no pruner with a study: the sweeper and every job build it from the
     same config, so they agree on when a trial stops.
     """
-    return PRUNERS[name](**settings)
+    return instantiate(settings)
 
 
-def check_search(objectives: Mapping[str, str], sampler: str, pruner: str, storage: str,
-                 n_jobs: int, launcher_target: str | None) -> None:
-    """Refuse settings of ``hydra.sweeper`` that cannot work: unknown samplers and pruners,
-    pruning or CMA-ES with several objectives, pruning on anything but validation accuracy
-    (what jobs report each epoch), a database as storage, parallel trials on the basic
-    launcher. Called before the sweep opens anything."""
+def check_search(objectives: Mapping[str, str], sampler: Mapping[str, Any],
+                 pruner: Mapping[str, Any], storage: str, n_jobs: int,
+                 choices: Mapping[str, str | None]) -> None:
+    """Refuse settings of ``hydra.sweeper`` that cannot work: CMA-ES or pruning with several
+    objectives, pruning on anything but validation accuracy (what jobs report each epoch), a
+    database as storage, parallel trials on the basic launcher. ``choices``: Hydra's
+    ``hydra.runtime.choices``, which name the chosen sampler, pruner and launcher. Called
+    before the sweep opens anything."""
+    sampler_name = choices.get("hydra/sweeper/sampler")
+    pruner_name = choices.get("hydra/sweeper/pruner")
     if n_jobs < 1:
         raise StudyError(f"hydra.sweeper.n_jobs={n_jobs} is not allowed: expected an integer "
                          ">= 1")
-    if n_jobs > 1 and launcher_target == BASIC_LAUNCHER:
+    if n_jobs > 1 and choices.get("hydra/launcher") == "basic":
         raise StudyError(f"hydra.sweeper.n_jobs={n_jobs} is not allowed with Hydra's basic "
                          "launcher, which runs one job at a time in this process: choose "
                          "hydra/launcher=processes, joblib, submitit_local, ray or slurm, or "
@@ -96,10 +87,6 @@ def check_search(objectives: Mapping[str, str], sampler: str, pruner: str, stora
             f"hydra.sweeper.storage={storage!r} is not allowed: expected the path of an Optuna "
             "journal file that every job can reach (e.g. optuna.journal); database storages "
             "cache running trials per process, which breaks pruning from the jobs")
-    for key, name, known in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS)):
-        if name not in known:
-            raise StudyError(f"hydra.sweeper.{key}={name!r} is not allowed: expected one of "
-                             f"{', '.join(known)}")
     for metric, direction in objectives.items():
         if direction not in ("maximize", "minimize"):
             raise StudyError(f"hydra.sweeper.objectives.{metric}={direction!r} is not allowed: "
@@ -107,12 +94,14 @@ def check_search(objectives: Mapping[str, str], sampler: str, pruner: str, stora
     if not objectives:
         raise StudyError("hydra.sweeper.objectives is empty: expected at least one metric, "
                          "e.g. {selected_val_accuracy: maximize}")
-    if len(objectives) > 1 and sampler in SINGLE_OBJECTIVE_SAMPLERS:
-        raise StudyError(f"hydra.sweeper.sampler={sampler} is not allowed with "
-                         f"{len(objectives)} objectives: expected one of "
-                         f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}")
-    if pruner != "none" and objectives != {"selected_val_accuracy": "maximize"}:
-        raise StudyError(f"hydra.sweeper.pruner={pruner} is not allowed with objectives "
+    if len(objectives) > 1 and issubclass(get_class(sampler["_target_"]),
+                                          SINGLE_OBJECTIVE_SAMPLERS):
+        raise StudyError(f"hydra/sweeper/sampler={sampler_name} is not allowed with "
+                         f"{len(objectives)} objectives: it optimises one; expected tpe, "
+                         "random, qmc or nsga2")
+    pruning = not issubclass(get_class(pruner["_target_"]), optuna.pruners.NopPruner)
+    if pruning and objectives != {"selected_val_accuracy": "maximize"}:
+        raise StudyError(f"hydra/sweeper/pruner={pruner_name} is not allowed with objectives "
                          f"{dict(objectives)}: jobs report validation accuracy each epoch, so "
                          "pruning needs the single objective {selected_val_accuracy: maximize}")
 
@@ -142,8 +131,7 @@ def join_trial(sweeper_cfg: DictConfig, base_dir: str | Path) -> JobTrial | None
                          f"as seen from this job (host {socket.gethostname()}, folder "
                          f"{base_dir}); put it where every worker reaches the same file")
     storage = open_storage(sweeper_cfg.storage, base_dir)
-    pruner = build_pruner(sweeper_cfg.pruner, OmegaConf.to_container(
-        sweeper_cfg.pruners[sweeper_cfg.pruner], resolve=True))
+    pruner = build_pruner(OmegaConf.to_container(sweeper_cfg.pruner, resolve=True))
     # a job samples nothing: the random sampler's hooks write nothing to the study
     study = optuna.load_study(study_name=sweeper_cfg.study_name, storage=storage,
                               pruner=pruner, sampler=optuna.samplers.RandomSampler())

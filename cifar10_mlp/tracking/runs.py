@@ -1,8 +1,8 @@
-"""MLflow tracking of one run (with ``store.py`` and ``sweep_store.py``, the only modules that
-import mlflow).
+"""MLflow tracking of one run.
 
 ``start_run`` opens a run and records what the run depends on (config, data,
-code version); the returned :class:`TrackedRun` records what it produced.
+code version); the returned :class:`TrackedRun` records what it produced, through one
+client of the run's store, by run id (no process-wide tracking URI, no active run).
 A run whose body raises ends FAILED with the error as a tag and a traceback file.
 """
 
@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import traceback
 import warnings
@@ -21,19 +22,31 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
+import mlflow.data
+import mlflow.keras
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    Param,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.stopping import uninterrupted
-from cifar10_mlp.tracking.store import HEARTBEAT_TAG, absolute_uri, open_experiment
+from cifar10_mlp.tracking.store import HEARTBEAT_TAG, absolute_uri, open_client, open_experiment
 from cifar10_mlp.training.evaluate import Evaluation
 
 if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks run before it
@@ -53,7 +66,9 @@ TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hy
 class TrackedRun:
     """An open MLflow run, with loggers for what training and evaluation produce."""
 
-    def __init__(self, run_id: str, tracking_uri: str, experiment_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str,
+                 experiment_id: str):
+        self.client = client
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -64,48 +79,74 @@ class TrackedRun:
         """One epoch's metrics (loss, accuracy, val_*, lr) at step = epoch number, and the
         run's heartbeat, in one write (from any thread)."""
         now = time.time()
-        MlflowClient(self.tracking_uri).log_batch(
+        self.client.log_batch(
             self.run_id, metrics=[Metric(k, v, int(now * 1000), step) for k, v in metrics.items()],
             tags=[RunTag(HEARTBEAT_TAG, str(round(now)))])
 
     @uninterrupted()
     def log_test(self, evaluation: Evaluation) -> None:
         """Test metrics, the classification report and the confusion matrix."""
-        mlflow.log_metrics(evaluation.metrics())
-        mlflow.log_dict(evaluation.report, "classification_report.json")
-        mlflow.log_dict({"class_names": list(evaluation.class_names),
-                         "counts": evaluation.confusion.tolist(),
-                         "row_normalized": evaluation.confusion_normalized.tolist()},
-                        "confusion_matrix.json")
+        self.log_metrics(evaluation.metrics())
+        self.client.log_dict(self.run_id, evaluation.report, "classification_report.json")
+        self.client.log_dict(self.run_id, {
+            "class_names": list(evaluation.class_names),
+            "counts": evaluation.confusion.tolist(),
+            "row_normalized": evaluation.confusion_normalized.tolist()},
+            "confusion_matrix.json")
 
     @uninterrupted()
     def log_figures(self, figures: dict[str, Figure]) -> None:
         """Figures under ``plots/``, by file name."""
         for file_name, figure in figures.items():
-            mlflow.log_figure(figure, f"plots/{file_name}")
+            self.client.log_figure(self.run_id, figure, f"plots/{file_name}")
 
     @uninterrupted()
     def mark_pruned(self, epoch: int) -> None:
         """Tag a run that a search's pruner stopped after ``epoch``."""
-        mlflow.set_tag(PRUNED_TAG, str(epoch))
+        self.client.set_tag(self.run_id, PRUNED_TAG, str(epoch))
 
     @uninterrupted()
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Metrics of the run, and of its model when it has logged one."""
-        mlflow.log_metrics(metrics, run_id=self.run_id, model_id=self.model_id)
+        self._log(metrics, step=0)
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, step, model_id=self.model_id) for k, v in metrics.items()])
 
     @uninterrupted()
     def log_missing_epochs(self, epochs: list[dict[str, float]], checkpoint: Path) -> None:
         """Log the epochs of a checkpoint that an interruption kept from reaching MLflow
         (``epochs``: the checkpoint's, none when the run stopped before its first one)."""
-        logged = MlflowClient().get_metric_history(self.run_id, "loss")
+        logged = self.client.get_metric_history(self.run_id, "loss")
         done = max((m.step for m in logged), default=0)
         if done > len(epochs):  # training would start before epochs it has logged
             raise UserError(f"run {self.run_id} logged {done} epochs, but its checkpoint in "
                             f"{checkpoint} holds {len(epochs)}; start a new run instead")
         for step, logs in enumerate(epochs, start=1):
             if step > done:
-                mlflow.log_metrics(logs, step=step, run_id=self.run_id)
+                self._log(logs, step=step)
+
+    def log_split(self, split: DataSplit) -> None:
+        """The split's sizes as params, and the training images as the run's input dataset."""
+        self.client.log_batch(self.run_id, params=[
+            Param("split.n_train", str(len(split.y_train))),
+            Param("split.n_val", str(len(split.y_val))),
+            Param("split.n_test", str(len(split.y_test)))])
+        with warnings.catch_warnings():  # a local path matches two equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(split.x_train, targets=split.y_train,
+                                             source=split.source, name="cifar10",
+                                             digest=split.digest[:16])
+        inputs = [DatasetInput(Dataset(**dataset.to_dict()),
+                               [InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+        try:
+            self.client.log_inputs(self.run_id, inputs)
+        except MlflowException:
+            # parallel jobs of a sweep race in MLflow's check-then-insert of the same dataset
+            # (UNIQUE constraint failed: datasets...); the loser finds it registered now
+            self.client.log_inputs(self.run_id, inputs)
 
     @uninterrupted()
     def log_model(self, model: keras.Model, example: np.ndarray,
@@ -123,15 +164,27 @@ class TrackedRun:
         from cifar10_mlp.training.fused_layers import with_keras_layers
 
         model = with_keras_layers(model)
-        info = mlflow.keras.log_model(
-            model, name="model",
-            signature=infer_signature(example, model.predict(example, verbose=0)),
-            metadata={CLASS_NAMES_KEY: list(class_names)},
-            # explicit requirements: inferring them costs ~10 s a run
-            pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras")])
-        self.model_id = info.model_id
-        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
-        return info.model_uri
+        run = self.client.get_run(self.run_id)
+        logged = self.client.create_logged_model(self.experiment_id, name="model",
+                                                 source_run_id=self.run_id,
+                                                 params=run.data.params)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        self.model_id = logged.model_id
+        self.log_metrics(run.data.metrics)  # on the experiment's Models tab, with the model
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.keras.save_model(
+                model, str(Path(folder, "model")),
+                mlflow_model=Model(artifact_path=logged.artifact_location, run_id=self.run_id,
+                                   model_id=logged.model_id),
+                signature=infer_signature(example, model.predict(example, verbose=0)),
+                metadata={CLASS_NAMES_KEY: list(class_names)},
+                # explicit requirements: inferring them costs ~10 s a run
+                pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras")])
+            self.client.log_model_artifacts(logged.model_id, str(Path(folder, "model")))
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        model_uri = f"models:/{logged.model_id}"
+        self.client.set_tag(self.run_id, MODEL_URI_TAG, model_uri)
+        return model_uri
 
 
 @contextmanager
@@ -145,35 +198,47 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     ``cfg.tracking.experiment``; ``resume_run_id`` reopens an interrupted run, whose
     config is logged already.
     """
-    mlflow.set_tracking_uri(cfg.tracking.uri)
+    client = open_client(cfg.tracking.uri)
     experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
     tags = {"overrides": overrides_tag(overrides), **git_tags(),
             "host": socket.gethostname(), "pid": str(os.getpid()),
             HEARTBEAT_TAG: str(round(time.time())),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
-    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,
-                          run_name=cfg.tracking.run_name, tags=tags,
-                          parent_run_id=parent_run_id) as active:
+    if resume_run_id is None:
+        if parent_run_id is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=cfg.tracking.run_name,
+                                   tags=resolve_tags(tags)).info.run_id
+    else:
+        run_id = resume_run_id
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    tracked = TrackedRun(client, run_id, absolute_uri(cfg.tracking.uri), experiment_id)
+    with uninterrupted():
+        logged = client.get_run(run_id).data
+        if resume_run_id is None:
+            client.log_batch(run_id, params=[
+                Param(k, v) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()])
+            client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        elif "error" in logged.tags:  # it goes on: no longer interrupted
+            client.delete_tag(run_id, "error")
+        # a resumed run whose process died before it loaded the data has none logged
+        if split is not None and "split.n_train" not in logged.params:
+            tracked.log_split(split)
+    try:
+        yield tracked
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
+        with uninterrupted():  # a second signal waits until the run is marked
+            client.set_tag(run_id, "error", "interrupted")
+            client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as err:
         with uninterrupted():
-            if resume_run_id is None:
-                mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-                mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            elif "error" in active.data.tags:  # it goes on: no longer interrupted
-                MlflowClient().delete_tag(active.info.run_id, "error")
-            # a resumed run whose process died before it loaded the data has none logged
-            if split is not None and "split.n_train" not in active.data.params:
-                _log_split(split)
-        try:
-            yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri), experiment_id)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
-            with uninterrupted():  # a second signal waits until the run is marked
-                mlflow.set_tag("error", "interrupted")
-                mlflow.end_run(status="KILLED")
-            raise
-        except BaseException as err:
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
-            mlflow.log_text(traceback.format_exc(), "error.txt")
-            raise
+            client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
+            client.log_text(run_id, traceback.format_exc(), "error.txt")
+            client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def overrides_tag(overrides: Sequence[str]) -> str:
@@ -194,22 +259,6 @@ def record_unopened_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id
     first), holding its config; its id, for the caller to mark how it ended."""
     with start_run(cfg, overrides, None, parent_run_id) as run:
         return run.run_id
-
-
-def _log_split(split: DataSplit) -> None:
-    mlflow.log_params({"split.n_train": len(split.y_train), "split.n_val": len(split.y_val),
-                       "split.n_test": len(split.y_test)})
-    with warnings.catch_warnings():  # a local path matches two equivalent source types
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(split.x_train, targets=split.y_train,
-                                         source=split.source, name="cifar10",
-                                         digest=split.digest[:16])
-    try:
-        mlflow.log_input(dataset, context="training")
-    except MlflowException:
-        # parallel jobs of a sweep race in MLflow's check-then-insert of the same dataset
-        # (UNIQUE constraint failed: datasets...); the loser finds it registered now
-        mlflow.log_input(dataset, context="training")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -242,8 +291,7 @@ def log_eda(cfg: DictConfig, overrides: Sequence[str], split: DataSplit, statist
             figures: dict[str, Figure], html: Path) -> str:
     """One run in the ``eda.experiment`` experiment: config, data, statistics, figures, page."""
     with start_run(cfg, overrides, split, experiment=cfg.eda.experiment) as run:
-        mlflow.log_dict(statistics, "statistics.json")
-        for file_name, figure in figures.items():
-            mlflow.log_figure(figure, f"plots/{file_name}")
-        mlflow.log_artifact(str(html))
+        run.client.log_dict(run.run_id, statistics, "statistics.json")
+        run.log_figures(figures)
+        run.client.log_artifact(run.run_id, str(html))
     return run.run_id

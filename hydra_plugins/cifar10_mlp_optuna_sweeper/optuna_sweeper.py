@@ -37,8 +37,8 @@ INTERRUPTED = "interrupted"  # user attribute of trials whose process died mid-r
 
 class OptunaSweeper(Sweeper):
     def __init__(self, study_name: str, storage: str, objectives: DictConfig, n_trials: int,
-                 n_jobs: int, batched: bool, seed: Optional[int], sampler: str,
-                 samplers: DictConfig, pruner: str, pruners: DictConfig,
+                 n_jobs: int, batched: bool, seed: Optional[int], sampler: DictConfig,
+                 pruner: DictConfig,
                  params: DictConfig, trial: Optional[int]) -> None:
         self.study_name = study_name
         self.storage = storage
@@ -47,19 +47,17 @@ class OptunaSweeper(Sweeper):
         self.n_jobs = n_jobs
         self.batched = batched
         self.seed = seed
-        self.sampler = sampler
-        self.sampler_settings = OmegaConf.to_container(samplers, resolve=True)
-        self.pruner = pruner
-        self.pruner_settings = OmegaConf.to_container(pruners, resolve=True)
+        self.sampler = OmegaConf.to_container(sampler, resolve=True)
+        self.pruner = OmegaConf.to_container(pruner, resolve=True)
         self.params = dict(params or {})
         self.launcher = None
-        self.launcher_target = None
+        self.choices: dict[str, Optional[str]] = {}  # hydra.runtime.choices
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
-        self.launcher_target = config.hydra.launcher._target_
+        self.choices = dict(config.hydra.runtime.choices)
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
@@ -68,7 +66,7 @@ class OptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # this sweeper logs the study
         studies.check_search(self.objectives, self.sampler, self.pruner, self.storage,
-                             self.n_jobs, self.launcher_target)
+                             self.n_jobs, self.choices)
         storage = studies.open_storage(self.storage, os.getcwd())
         parser = OverridesParser.create()
         searched = [*parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()]),
@@ -79,7 +77,7 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=self.study_name, storage=storage, load_if_exists=True,
             directions=list(self.objectives.values()),
-            pruner=studies.build_pruner(self.pruner, self.pruner_settings[self.pruner]))
+            pruner=studies.build_pruner(self.pruner))
         directions = [d.name.lower() for d in study.directions]
         if directions != list(self.objectives.values()):
             raise studies.StudyError(
@@ -90,11 +88,11 @@ class OptunaSweeper(Sweeper):
         # offset by the trials already stored, so a resumed search draws new values
         # instead of replaying the first session's random sequence
         study.sampler = studies.build_sampler(
-            self.sampler, self.sampler_settings[self.sampler],
-            None if self.seed is None else self.seed + len(study.trials))
+            self.sampler, None if self.seed is None else self.seed + len(study.trials))
         retry_interrupted(study, storage)
         log.info("study %s (%s sampler, %s pruner) in %s: %d of %d trials done, %d at a time%s",
-                 self.study_name, self.sampler, self.pruner, self.storage,
+                 self.study_name, self.choices.get("hydra/sweeper/sampler"),
+                 self.choices.get("hydra/sweeper/pruner"), self.storage,
                  counted_trials(study), self.n_trials, self.n_jobs,
                  ", in batches" if self.batched else "")
         self._run_trials(study, space, fixed)

@@ -1,0 +1,210 @@
+"""Command-line entry points (the only module that knows Hydra's @hydra.main)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+# TensorFlow's C++ start-up chatter hides the run's own output; set before it is imported
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow's progress bars for artifact downloads would interleave with the sweep's table
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import hydra  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from cifar10_mlp import runner, stopping
+from cifar10_mlp.config import schema
+from cifar10_mlp.data.archive import DataError  # noqa: E402
+from cifar10_mlp.errors import UserError  # noqa: E402
+from cifar10_mlp.sweeps.launch import (  # noqa: E402
+    PARENT_RUN_ENV,
+    earlier_run,
+    fill_launch_settings,
+    job_overrides,
+    search_trial,
+    sweep_stopping,
+)
+
+CONFIG_MODULE = "cifar10_mlp.conf"  # conf/ of the repository, shipped in the package
+
+schema.register_configs()
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    """`cifar10-mlp`: :func:`train`, where Ctrl-C or SIGTERM stops a sweep as a whole: its
+    jobs and parent run end KILLED and one line says how to continue. A second Ctrl-C
+    meanwhile exits at once (the next resume or report ends what is left RUNNING).
+    While Hydra composes the config, a signal is held: the sweep acts on it once its parent
+    run is open, a single run once it starts."""
+    with stopping.held():  # until the sweep opens or the run takes them over
+        try:
+            train()
+        except KeyboardInterrupt as stop:
+            reason = str(stop) or "Ctrl-C"
+            with stopping.on_signals() as winding_down:
+                winding_down.ask(reason)  # so the next Ctrl-C is the second
+                from cifar10_mlp.sweeps.callback import stop_open_sweep
+
+                line = stop_open_sweep(reason)
+            sys.exit(line or f"cifar10-mlp: stopped by {reason} before any run started")
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+def train(cfg: DictConfig) -> runner.RunSummary | float:
+    """Train, evaluate and log one run; returns its summary (metrics a sweeper optimises).
+
+    In a sweep (-m) a failing job is recorded as a FAILED child run and returns NaN,
+    so the other jobs go on and the sweep's summary counts it. A job of an Optuna search
+    reports to its trial every epoch and may be pruned. In a sweep continued with
+    ``sweep.resume=true`` a job that finished earlier is not run again, and one that was
+    interrupted continues its own run.
+    """
+    hydra_cfg = HydraConfig.get()
+    overrides = job_overrides(hydra_cfg.overrides.task)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
+    fill_launch_settings(cfg, hydra_cfg, sweeping)
+    try:
+        with stopping.on_signals() as stop:
+            if sweeping and sweep_stopping(cfg, parent_run_id):
+                log.info("the sweep is being stopped: this job does not start")
+                return math.nan
+            earlier = (earlier_run(cfg, parent_run_id, overrides)
+                       if sweeping and cfg.sweep.resume else None)
+            if earlier is not None and earlier.status != "KILLED":
+                return reused(earlier, cfg.tracking.uri)
+            trial = search_trial(hydra_cfg) if sweeping else None
+            summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None,
+                                 resume_run_id=earlier.run_id if earlier else None, stop=stop)
+    except KeyboardInterrupt as stopped:
+        if sweeping:  # the sweep stops as a whole (main)
+            raise
+        sys.exit(f"cifar10-mlp: stopped by {stopped or 'Ctrl-C'}; the MLflow run, if it had "
+                 "started, is marked KILLED with every finished epoch; trainer.resume=true "
+                 "continues it")
+    except Exception as err:
+        if not sweeping:
+            if isinstance(err, UserError):
+                sys.exit(f"cifar10-mlp: error: {err}")
+            raise
+        if isinstance(err, schema.ConfigError | DataError):  # failed before its run opened
+            from cifar10_mlp.tracking import runs
+
+            runs.record_failed_run(cfg, overrides, parent_run_id, err)
+        log.error("job failed (%s); recorded as a FAILED run", err,
+                  exc_info=not isinstance(err, UserError))
+        return math.nan
+    metrics = summary.metrics
+    outcome = (f"test accuracy {metrics['test_accuracy']:.4f} | macro F1 "
+               f"{metrics['test_f1_macro']:.4f} | " if summary.pruned_epoch is None else
+               f"pruned by the search after epoch {summary.pruned_epoch}, so not evaluated on "
+               "the test set | ")
+    from cifar10_mlp.tracking.store import where_to_look
+
+    where = where_to_look(summary.tracking_uri, summary.experiment_id, summary.run_id)
+    model = (f"model {summary.model_uri}"
+             + (f", registered as {summary.registered}" if summary.registered else "")
+             + f"\ntry it: cifar10-mlp-predict {summary.model_uri} <image or folder> "
+               f"--tracking-uri {summary.tracking_uri}\n"
+             if summary.model_uri else "")
+    print(f"\n{outcome}validation accuracy {metrics['selected_val_accuracy']:.4f}\n"
+          f"MLflow run {summary.run_id}\n{model}"
+          f"see it {where}")
+    return summary
+
+
+def reused(earlier, tracking_uri: str) -> runner.RunSummary | float:
+    """What a job that ended in an earlier session of its sweep returns again: its run's
+    summary, or NaN for a job that failed (it would fail again)."""
+    log.info("this job ended %s in run %s before the sweep was interrupted; not run again",
+             earlier.status, earlier.run_id)
+    if earlier.status != "FINISHED":
+        return math.nan
+    return runner.RunSummary(earlier.run_id, tracking_uri, earlier.experiment_id, earlier.metrics,
+                             earlier.pruned_epoch)
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="eda_config")
+def eda(cfg: DictConfig) -> None:
+    """`cifar10-mlp-eda`: a report on the data as a run with this config would see it."""
+
+    try:
+        schema.validate(cfg)
+        run_id, page = runner.explore(cfg, HydraConfig.get().overrides.task)
+    except UserError as err:
+        sys.exit(f"cifar10-mlp-eda: error: {err}")
+    print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
+
+
+def tracking_defaults() -> DictConfig:
+    """``conf/tracking``'s defaults, for the commands that take no Hydra overrides."""
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="config").tracking
+
+
+def report() -> None:
+    """`cifar10-mlp-report`: compare the runs of a sweep (a parent run id or experiment name)."""
+    tracking = tracking_defaults()
+    parser = argparse.ArgumentParser(prog="cifar10-mlp-report", description=report.__doc__)
+    parser.add_argument("sweep", help="parent run id, or an experiment name (its latest sweep)")
+    parser.add_argument("--tracking-uri", default=tracking.uri)
+    parser.add_argument("--out", type=Path, default=Path("sweep_report"),
+                        help="folder for index.html (the page), runs.csv, runs.md and figures")
+    parser.add_argument("--lost-after-minutes", type=float, default=tracking.lost_after_minutes,
+                        help="a RUNNING job silent this long (or whose process on this host "
+                             "is gone) is ended KILLED: process lost")
+    args = parser.parse_args()
+    from cifar10_mlp.sweeps import report_files
+    from cifar10_mlp.tracking import sweep_runs
+
+    parent = sweep_runs.find_sweep(args.tracking_uri, args.sweep)
+    if parent is None:
+        sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
+                 f"{args.tracking_uri}")
+    print(report_files.write(args.tracking_uri, parent, args.out,
+                             args.lost_after_minutes * 60).text(parent))
+
+
+def predict() -> None:
+    """`cifar10-mlp-predict`: a trained model's top classes for your own PNG or JPEG pictures
+    (any size: the central square, resized to 32 x 32 RGB with Lanczos)."""
+    parser = argparse.ArgumentParser(prog="cifar10-mlp-predict", description=predict.__doc__)
+    parser.add_argument("model", help="models:/<model id>, models:/<name>@<alias>, "
+                                      "models:/<name>/<version>, runs:/<run id>/model, or a run id")
+    parser.add_argument("images", nargs="+", type=Path,
+                        help="image files, or folders (their .png, .jpg, .jpeg files)")
+    parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    parser.add_argument("--tracking-uri", default=tracking_defaults().uri,
+                        help="the MLflow store that holds the model (default: %(default)s)")
+    args = parser.parse_args()
+    if args.top < 1:
+        parser.error(f"--top {args.top}: expected at least 1")
+    from cifar10_mlp.serving import predict as pictures
+    from cifar10_mlp.tracking import registry
+    from cifar10_mlp.training import runtime
+
+    files = pictures.image_files(args.images)
+    if not files:
+        sys.exit("cifar10-mlp-predict: no .png, .jpg or .jpeg files in "
+                 + ", ".join(map(str, args.images)))
+    runtime.start(0)  # TensorFlow's default threads
+    try:
+        model, class_names = registry.load(args.model, args.tracking_uri)
+    except UserError as err:
+        sys.exit(f"cifar10-mlp-predict: error: {err}")
+    predictions = pictures.predict_files(model, class_names, files, args.top)
+    for failed in (p for p in predictions if p.error):
+        print(f"cifar10-mlp-predict: {failed.file}: {failed.error}", file=sys.stderr)
+    print(pictures.render(predictions, args.json))
+    if any(p.error for p in predictions):
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Config schemas and the rules each key and combination of keys must keep."""

@@ -1,0 +1,1 @@
+"""Data: reading the CIFAR-10 archive, preprocessing, batches, and the statistics of EDA."""

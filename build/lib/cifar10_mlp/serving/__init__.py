@@ -1,0 +1,1 @@
+"""Serving a logged model: class probabilities for image files."""

@@ -1,0 +1,1 @@
+"""Sweeps: the Hydra callback, Optuna studies, launch settings, and the sweep report."""

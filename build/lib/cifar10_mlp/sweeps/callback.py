@@ -1,0 +1,296 @@
+"""Multirun bookkeeping as a Hydra callback: one MLflow parent run per sweep, a report at the end.
+
+The parent (with the SQLite store and experiment) is created in the launching process
+before any job starts; jobs find its id in ``launch.PARENT_RUN_ENV``, which every
+launcher's workers inherit, and open their runs as its children.
+
+A sweep stopped by Ctrl-C or SIGTERM ends through :func:`stop_open_sweep`, which the entry
+point calls: its jobs end KILLED (those that did not see the signal get SIGTERM), the
+parent ends KILLED with a partial report, and one line says how to continue it. A grid
+sweep continues with ``sweep.resume=true``; an Optuna search, by running it again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cifar10_mlp import stopping
+from cifar10_mlp.errors import JobLost, UserError
+from cifar10_mlp.sweeps.launch import (
+    PARENT_RUN_ENV,
+    SWEPT_KEYS_ENV,
+    failure_of,
+    fill_launch_settings,
+    job_overrides,
+)
+
+log = logging.getLogger(__name__)
+SWEPT_KEYS_TAG = "sweep_keys"  # of a parent run: the keys its jobs differ in
+_open_sweep: SweepTracker | None = None  # the sweep this process is running, if any
+
+
+class SweepError(UserError, CompactHydraException):
+    """A sweep that cannot start as asked (Hydra prints the message alone)."""
+
+
+def _fails_the_sweep(hook):
+    """Hydra turns an exception raised by a callback into a warning and goes on: a sweep
+    that cannot start, or cannot write its report, must stop and say why instead."""
+
+    @functools.wraps(hook)
+    def checked(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except UserError as err:
+            raise SystemExit(f"cifar10-mlp: error: {err}") from err
+        except Exception as err:
+            log.exception("the sweep's %s failed", hook.__name__)
+            raise SystemExit(f"cifar10-mlp: the sweep's {hook.__name__} failed: "
+                             f"{type(err).__name__}: {err}") from err
+
+    return checked
+
+
+class SweepTracker(Callback):
+    """Opens the sweep's parent run before the jobs, and closes it with a report after them."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.config: DictConfig | None = None
+        self.planned: list[list[str]] | None = None  # a grid's jobs, in Hydra's order
+        self.n_lost = 0  # jobs whose worker process died, as their launcher reports
+        self.n_unrecorded = 0  # lost jobs whose run could not be written
+
+    @_fails_the_sweep
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _open_sweep
+        # imported here, not at the top: Hydra builds callbacks for every run, and a
+        # single run must not import MLflow and TensorFlow before its config is checked
+        from cifar10_mlp.stopping import uninterrupted
+        from cifar10_mlp.tracking import sweep_runs
+
+        plan = plan_sweep(config)
+        uri, lost_after = config.tracking.uri, config.tracking.lost_after_minutes * 60
+        resumes = plan.search or config.sweep.resume
+        earlier = (sweep_runs.latest_sweep(uri, config.tracking.experiment, plan.resume_key)
+                   if resumes else None)
+        if config.sweep.resume and not plan.search and (earlier is None
+                                                         or earlier[1] == "FINISHED"):
+            raise SweepError(
+                f"sweep.resume=true: no interrupted sweep of these jobs in experiment "
+                f"{config.tracking.experiment!r} of {uri}"
+                + (f" (the latest, run {earlier[0]}, finished)" if earlier else ""))
+        # a Ctrl-C waits until the parent is open and known as this process's sweep: then
+        # the sweep's stop ends it KILLED, rather than leaving it RUNNING
+        with uninterrupted():
+            if earlier is not None:
+                self.parent_run_id = earlier[0]
+                sweep_runs.reopen_sweep(uri, self.parent_run_id, lost_after)
+                log.info("continuing the sweep of parent MLflow run %s", self.parent_run_id)
+            else:
+                self.parent_run_id = sweep_runs.open_sweep(
+                    uri, config.tracking.experiment, plan.run_name, plan.tags, plan.params,
+                    plan.resume_key)
+                log.info("%s: parent MLflow run %s", plan.run_name, self.parent_run_id)
+            os.environ[PARENT_RUN_ENV] = self.parent_run_id
+            os.environ[SWEPT_KEYS_ENV] = ",".join(plan.swept_keys)
+            self.planned, self.config = plan.planned, config
+            _open_sweep = self
+            # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
+            # that raises would leave the parent RUNNING for ever
+            atexit.register(self._end_unfinished, uri, self.parent_run_id)
+        stopping.release_held()  # from now on a signal stops the sweep where it is
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns
+        errors into FAILED runs and a NaN): record it, so no job of the sweep goes missing.
+        One whose worker died (:class:`JobLost`) ends KILLED, to be continued."""
+        if self.parent_run_id is None or job_return.status != JobStatus.FAILED:
+            return
+        from cifar10_mlp.tracking import sweep_runs
+
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        fill_launch_settings(job_cfg, config.hydra, sweeping=True)
+        # the job's own overrides, as its run records them (not the sweeper's hydra.* ones)
+        overrides = [o for o in job_overrides(job_return.overrides)
+                     if not o.startswith(("hydra.", "hydra/"))]
+        error = failure_of(job_return)
+        self.n_lost += isinstance(error, JobLost)
+        try:
+            sweep_runs.record_lost_job(job_cfg, overrides, self.parent_run_id, error)
+        except Exception:  # the other jobs go on; the sweep fails at its end
+            log.exception("could not record the lost job's run")
+            self.n_unrecorded += 1
+
+    @_fails_the_sweep
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.parent_run_id is None:
+            return
+        from cifar10_mlp.sweeps import report_files
+
+        # a sweep with lost jobs ends KILLED, as a stopped one: sweep.resume=true continues it
+        written = report_files.write(config.tracking.uri, self.parent_run_id,
+                                     Path(config.hydra.sweep.dir),
+                                     config.tracking.lost_after_minutes * 60, self.planned,
+                                     end_as="KILLED" if self.n_lost else "FINISHED")
+        self._close()
+        print(written.text(self.parent_run_id))
+        outcome = written.outcome
+        if config.tracking.registered_model and outcome.best is not None:
+            from cifar10_mlp.tracking import registry
+
+            registered = registry.register_best(
+                config.tracking.uri, self.parent_run_id, outcome.best.run_id,
+                config.tracking.registered_model, config.tracking.registered_alias)
+            print(f"the best run's model ({outcome.best.name.split(': ')[0]}): registered as "
+                  f"{registered}\n")
+        problems = []
+        total = (outcome.n_finished + outcome.n_pruned + outcome.n_failed
+                 + outcome.n_interrupted)
+        if outcome.n_failed:
+            problems.append(f"{outcome.n_failed} of {total} sweep jobs failed; see the report "
+                            "above and their runs' `error` tags")
+        if self.n_lost:
+            again = ("run the same command again to continue the study" if self.planned is None
+                     else "run the same command with sweep.resume=true to continue them")
+            problems.append(f"{self.n_lost} of {total} sweep jobs lost their process (killed, "
+                            "e.g. out of memory, or stopped alone): their runs are KILLED with "
+                            f"every finished epoch; {again}")
+        if self.n_unrecorded:
+            problems.append(f"{self.n_unrecorded} sweep jobs were lost by their launcher and "
+                            "could not be recorded; see the errors above")
+        if problems:
+            sys.exit("cifar10-mlp: " + "; ".join(problems))
+
+    def stop(self, reason: str) -> str:
+        """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
+        partial report; the one line to print (what stopped, how to continue). The caller
+        ignores further signals meanwhile, so a second Ctrl-C cannot cut this short."""
+        from cifar10_mlp.sweeps import report_files
+        from cifar10_mlp.tracking import sweep_runs
+
+        config = self.config
+        sweep_runs.stop_children(config.tracking.uri, self.parent_run_id, reason)
+        outcome = report_files.write(config.tracking.uri, self.parent_run_id,
+                                     Path(config.hydra.sweep.dir),
+                                     config.tracking.lost_after_minutes * 60, self.planned,
+                                     end_as="KILLED", stopped_by=reason).outcome
+        self._close()
+        if self.planned is None:
+            n_trials = config.hydra.sweeper.n_trials
+            done = outcome.n_finished + outcome.n_pruned + outcome.n_failed
+            return (f"cifar10-mlp: search stopped by {reason}: {done} of {n_trials} trials done, "
+                    f"{outcome.n_interrupted} interrupted (KILLED); run the same command again "
+                    "to continue the study")
+        return (f"cifar10-mlp: sweep stopped by {reason}: {outcome.n_finished} of "
+                f"{len(self.planned)} jobs finished, {outcome.n_interrupted} interrupted "
+                f"(KILLED, checkpoints kept), {outcome.n_not_started} not started; run the same "
+                "command with sweep.resume=true to continue it")
+
+    def _close(self) -> None:
+        global _open_sweep
+        atexit.unregister(self._end_unfinished)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEPT_KEYS_ENV, None)
+        _open_sweep = None
+
+    @staticmethod
+    def _end_unfinished(uri: str, parent_run_id: str) -> None:
+        from cifar10_mlp.tracking import sweep_runs
+
+        try:
+            sweep_runs.end_unfinished(uri, parent_run_id)
+        except Exception as err:  # at exit: say so, never mask how the sweep ended
+            log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a multirun will run, known before any job starts."""
+
+    search: bool  # an Optuna search (else a grid)
+    swept_keys: list[str]  # the keys whose values differ between jobs
+    planned: list[list[str]] | None  # a grid's jobs, in Hydra's order
+    resume_key: str  # the study (journal#name), or a hash of the grid's jobs
+    run_name: str  # the parent run's, e.g. "sweep model.hidden x optimizer.lr (4 jobs)"
+    tags: dict[str, str]
+    params: dict[str, str]  # sweep.<key>: its values as written
+
+
+def plan_sweep(config: DictConfig) -> SweepPlan:
+    """The sweep's plan from its config; an Optuna search's settings are checked here, before
+    anything is opened, so one that cannot work leaves no run behind."""
+    if config.hydra.launcher.get("n_jobs") == 0:  # processes and joblib: jobs at once
+        raise SweepError("hydra.launcher.n_jobs=0 is not allowed: expected the number of jobs "
+                         "to run at once (>= 1), or -1 for one per core, -2 for all but one, ...")
+    sweeper = config.hydra.sweeper
+    search_space = dict(sweeper.get("params") or {})
+    arguments = job_overrides(config.hydra.overrides.task)
+    params = {f"sweep.{key}": value for key, value in (o.split("=", 1) for o in arguments
+                                                       if "=" in o)}
+    params |= {f"sweep.{key}": str(value) for key, value in search_space.items()}
+    tags = {"sweep_command": " ".join(["cifar10-mlp", *sys.argv[1:]])}
+    study = sweeper.get("study_name")
+    if study:
+        from cifar10_mlp.sweeps.study import check_search
+
+        check_search(sweeper.objectives, sweeper.sampler, sweeper.pruner, sweeper.storage,
+                     sweeper.n_jobs, config.hydra.launcher._target_)
+        parser = OverridesParser.create()
+        swept = [*search_space, *(o.get_key_element() for o in parser.parse_overrides(arguments)
+                                  if o.is_sweep_override())]
+        tags |= {"sweep_objectives": json.dumps(dict(sweeper.objectives)),
+                 "sweep_sampler": sweeper.sampler, "sweep_pruner": sweeper.pruner,
+                 SWEPT_KEYS_TAG: ",".join(swept)}
+        return SweepPlan(True, swept, None, f"{Path(sweeper.storage).resolve()}#{study}",
+                         f"search {study}: {' x '.join(swept)} ({sweeper.n_trials} trials)",
+                         tags, params)
+    planned = grid_jobs(search_space, arguments)
+    swept = [key for key, values in _values_by_key(planned).items() if len(set(values)) > 1]
+    key = "grid:" + hashlib.sha1(json.dumps(sorted(map(" ".join, planned))).encode()
+                                 ).hexdigest()[:16]
+    return SweepPlan(False, swept, planned, key,
+                     f"sweep {' x '.join(swept) or '(one job)'} ({len(planned)} jobs)",
+                     {**tags, SWEPT_KEYS_TAG: ",".join(swept)}, params)
+
+
+def _values_by_key(jobs: list[list[str]]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for job in jobs:
+        for key, _, value in (o.partition("=") for o in job):
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def stop_open_sweep(reason: str) -> str | None:
+    """End the sweep this process runs, if any, after Ctrl-C or SIGTERM (``reason``);
+    the line to print."""
+    return _open_sweep.stop(reason) if _open_sweep is not None else None
+
+
+def grid_jobs(params: dict[str, str], arguments: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of its ``params`` and the command's overrides,
+    in its order (job N is the N-th): one per combination of the swept values."""
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(
+            [*(f"{k}={v}" for k, v in params.items()), *arguments]):
+        key = override.get_key_element()
+        values[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()]
+                       if override.is_sweep_override()
+                       else [f"{key}={override.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*values.values())]

@@ -1,0 +1,119 @@
+"""A run's model after training: registered versions and aliases in the MLflow Model Registry,
+and loading a model back with its class names (``cifar10-mlp-predict``).
+
+``tracking.py`` logs each run's model as an MLflow 3 LoggedModel and tags the run with its
+``models:/<id>`` URI; a single run with ``tracking.registered_model`` registers it at once,
+a sweep registers only its best run's, at its end, and points ``tracking.registered_alias``
+at that version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from cifar10_mlp.errors import UserError
+from cifar10_mlp.tracking.runs import CLASS_NAMES_KEY, MODEL_URI_TAG
+from cifar10_mlp.tracking.store import open_client
+
+if TYPE_CHECKING:
+    import keras
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class ModelError(UserError):
+    """A model that cannot be found or loaded, or that is not a cifar10-mlp model."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registered model version, as a run or a sweep reports it."""
+
+    name: str
+    version: str
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else \
+            f"models:/{self.name}/{self.version}"
+
+    def __str__(self) -> str:
+        alias = f", alias @{self.alias}" if self.alias else ""
+        return f"{self.name} version {self.version}{alias} ({self.uri})"
+
+
+def model_uri_of_run(uri: str, run_id: str) -> str | None:
+    """The ``models:/<id>`` URI of the model a run logged, if it logged one."""
+    return open_client(uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+
+
+def register(uri: str, model_uri: str, name: str, alias: str | None = None) -> Registered:
+    """``model_uri`` as a version of registered model ``name`` (created on first use), and
+    ``alias`` pointing at it. A model registered under ``name`` before is not registered
+    again: its version gets the alias, so a sweep that is continued registers once."""
+    client = open_client(uri)
+    earlier = [v for v in client.search_model_versions(f"name = '{name}'")
+               if v.source == model_uri]  # (a SQLite store leaves its model_id empty)
+    if earlier:
+        version = earlier[0].version
+    else:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        version = mlflow.register_model(model_uri, name).version
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return Registered(name, str(version), alias)
+
+
+def register_best(uri: str, parent_run_id: str, best_run_id: str, name: str, alias: str
+                  ) -> Registered:
+    """Register the model of a sweep's best run under ``name`` with ``alias`` (once, however
+    often the sweep is continued), and tag the sweep's parent run with the version."""
+    model_uri = model_uri_of_run(uri, best_run_id)
+    if model_uri is None:
+        raise ModelError(f"tracking.registered_model={name}: the best run, {best_run_id}, "
+                         "logged no model")
+    registered = register(uri, model_uri, name, alias)
+    open_client(uri).set_tag(parent_run_id, "registered_model", registered.uri)
+    return registered
+
+
+def resolve(model: str) -> str:
+    """A model URI from what a user passes: a ``models:/`` or ``runs:/`` URI or a local
+    folder as it is, a bare run id as that run's model."""
+    return f"runs:/{model}/model" if RUN_ID.fullmatch(model) else model
+
+
+def load(model: str, uri: str) -> tuple[keras.Model, list[str]]:
+    """The Keras model ``model`` names (see :func:`resolve`) in tracking store ``uri``, and
+    its class names in output order; ModelError, naming it, when that fails."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model_uri = resolve(model)
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+    except (MlflowException, OSError) as err:
+        raise ModelError(f"{model}: no model there ({str(err).splitlines()[0]})") from err
+    class_names = (info.metadata or {}).get(CLASS_NAMES_KEY) or _run_class_names(info.run_id)
+    if "keras" not in info.flavors or not class_names:
+        raise ModelError(f"{model}: not a cifar10-mlp model (no Keras flavor with "
+                         f"{CLASS_NAMES_KEY} in its metadata)")
+    return mlflow.keras.load_model(model_uri), list(class_names)
+
+
+def _run_class_names(run_id: str | None) -> list[str] | None:
+    """The classes a run was tested on (its confusion matrix's rows): for models logged
+    before their metadata listed them."""
+    if run_id is None:
+        return None
+    try:
+        return mlflow.artifacts.load_dict(
+            f"runs:/{run_id}/confusion_matrix.json").get("class_names")
+    except (MlflowException, OSError):
+        return None

@@ -1,0 +1,249 @@
+"""MLflow tracking of one run (with ``store.py`` and ``sweep_store.py``, the only modules that
+import mlflow).
+
+``start_run`` opens a run and records what the run depends on (config, data,
+code version); the returned :class:`TrackedRun` records what it produced.
+A run whose body raises ends FAILED with the error as a tag and a traceback file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from omegaconf import DictConfig, OmegaConf
+
+from cifar10_mlp.data.archive import DataSplit
+from cifar10_mlp.errors import UserError
+from cifar10_mlp.stopping import uninterrupted
+from cifar10_mlp.tracking.store import HEARTBEAT_TAG, absolute_uri, open_experiment
+from cifar10_mlp.training.evaluate import Evaluation
+
+if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks run before it
+    import keras
+
+MAX_TAG_LENGTH = 5000
+# tag of a run that an Optuna pruner stopped: the epoch it stopped after
+PRUNED_TAG = "pruned"
+# tag of a run that logged a model: its ``models:/<id>`` URI
+MODEL_URI_TAG = "model_uri"
+# key of a logged model's metadata (MLmodel) that lists its classes in output order
+CLASS_NAMES_KEY = "class_names"
+# versions recorded on every run, so a result can be traced and rerun
+TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
+
+
+class TrackedRun:
+    """An open MLflow run, with loggers for what training and evaluation produce."""
+
+    def __init__(self, run_id: str, tracking_uri: str, experiment_id: str):
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.model_id: str | None = None  # its LoggedModel, once logged
+
+    @uninterrupted()
+    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+        """One epoch's metrics (loss, accuracy, val_*, lr) at step = epoch number, and the
+        run's heartbeat, in one write (from any thread)."""
+        now = time.time()
+        MlflowClient(self.tracking_uri).log_batch(
+            self.run_id, metrics=[Metric(k, v, int(now * 1000), step) for k, v in metrics.items()],
+            tags=[RunTag(HEARTBEAT_TAG, str(round(now)))])
+
+    @uninterrupted()
+    def log_test(self, evaluation: Evaluation) -> None:
+        """Test metrics, the classification report and the confusion matrix."""
+        mlflow.log_metrics(evaluation.metrics())
+        mlflow.log_dict(evaluation.report, "classification_report.json")
+        mlflow.log_dict({"class_names": list(evaluation.class_names),
+                         "counts": evaluation.confusion.tolist(),
+                         "row_normalized": evaluation.confusion_normalized.tolist()},
+                        "confusion_matrix.json")
+
+    @uninterrupted()
+    def log_figures(self, figures: dict[str, Figure]) -> None:
+        """Figures under ``plots/``, by file name."""
+        for file_name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{file_name}")
+
+    @uninterrupted()
+    def mark_pruned(self, epoch: int) -> None:
+        """Tag a run that a search's pruner stopped after ``epoch``."""
+        mlflow.set_tag(PRUNED_TAG, str(epoch))
+
+    @uninterrupted()
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics of the run, and of its model when it has logged one."""
+        mlflow.log_metrics(metrics, run_id=self.run_id, model_id=self.model_id)
+
+    @uninterrupted()
+    def log_missing_epochs(self, epochs: list[dict[str, float]], checkpoint: Path) -> None:
+        """Log the epochs of a checkpoint that an interruption kept from reaching MLflow
+        (``epochs``: the checkpoint's, none when the run stopped before its first one)."""
+        logged = MlflowClient().get_metric_history(self.run_id, "loss")
+        done = max((m.step for m in logged), default=0)
+        if done > len(epochs):  # training would start before epochs it has logged
+            raise UserError(f"run {self.run_id} logged {done} epochs, but its checkpoint in "
+                            f"{checkpoint} holds {len(epochs)}; start a new run instead")
+        for step, logs in enumerate(epochs, start=1):
+            if step > done:
+                mlflow.log_metrics(logs, step=step, run_id=self.run_id)
+
+    @uninterrupted()
+    def log_model(self, model: keras.Model, example: np.ndarray,
+                  class_names: Sequence[str]) -> str:
+        """The Keras model as the run's MLflow 3 LoggedModel (``models:/<id>``, on the
+        experiment's Models tab), with a signature of raw uint8 images and the class names
+        in its metadata; the test metrics logged before it are linked to it. Returns its URI.
+        Layers that only train faster (``fused_layers``) are logged as Keras' own, so the
+        model loads wherever Keras does, without this package.
+
+        No input example: ``log_model(input_example=...)`` writes the example before it
+        creates the model folder and fails (mlflow/mlflow#16183), leaving a second, empty
+        LoggedModel behind.
+        """
+        from cifar10_mlp.training.fused_layers import with_keras_layers
+
+        model = with_keras_layers(model)
+        info = mlflow.keras.log_model(
+            model, name="model",
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            metadata={CLASS_NAMES_KEY: list(class_names)},
+            # explicit requirements: inferring them costs ~10 s a run
+            pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras")])
+        self.model_id = info.model_id
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+        return info.model_uri
+
+
+@contextmanager
+def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None,
+              parent_run_id: str | None = None, experiment: str | None = None,
+              resume_run_id: str | None = None) -> Iterator[TrackedRun]:
+    """Open a run in ``cfg.tracking``'s store and log the config, data and code version.
+
+    ``parent_run_id`` makes it a child of a sweep's parent run; ``split`` is None only
+    for a run recorded before its data was loaded (failed, or lost); ``experiment`` replaces
+    ``cfg.tracking.experiment``; ``resume_run_id`` reopens an interrupted run, whose
+    config is logged already.
+    """
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
+    tags = {"overrides": overrides_tag(overrides), **git_tags(),
+            "host": socket.gethostname(), "pid": str(os.getpid()),
+            HEARTBEAT_TAG: str(round(time.time())),
+            **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
+    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id,
+                          run_name=cfg.tracking.run_name, tags=tags,
+                          parent_run_id=parent_run_id) as active:
+        with uninterrupted():
+            if resume_run_id is None:
+                mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+                mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            elif "error" in active.data.tags:  # it goes on: no longer interrupted
+                MlflowClient().delete_tag(active.info.run_id, "error")
+            # a resumed run whose process died before it loaded the data has none logged
+            if split is not None and "split.n_train" not in active.data.params:
+                _log_split(split)
+        try:
+            yield TrackedRun(active.info.run_id, absolute_uri(cfg.tracking.uri), experiment_id)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
+            with uninterrupted():  # a second signal waits until the run is marked
+                mlflow.set_tag("error", "interrupted")
+                mlflow.end_run(status="KILLED")
+            raise
+        except BaseException as err:
+            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            raise
+
+
+def overrides_tag(overrides: Sequence[str]) -> str:
+    """The ``overrides`` tag of a run: its command-line overrides, which in a sweep tell its
+    job apart from the others."""
+    return " ".join(overrides) or "(defaults)"
+
+
+def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,
+                      error: Exception) -> None:
+    """Record a run that failed before it could start (bad config or data) as FAILED."""
+    with contextlib.suppress(type(error)), start_run(cfg, overrides, None, parent_run_id):
+        raise error
+
+
+def record_unopened_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str) -> str:
+    """Open and close the run of a sweep job that never opened its own (its process died
+    first), holding its config; its id, for the caller to mark how it ended."""
+    with start_run(cfg, overrides, None, parent_run_id) as run:
+        return run.run_id
+
+
+def _log_split(split: DataSplit) -> None:
+    mlflow.log_params({"split.n_train": len(split.y_train), "split.n_val": len(split.y_val),
+                       "split.n_test": len(split.y_test)})
+    with warnings.catch_warnings():  # a local path matches two equivalent source types
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(split.x_train, targets=split.y_train,
+                                         source=split.source, name="cifar10",
+                                         digest=split.digest[:16])
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException:
+        # parallel jobs of a sweep race in MLflow's check-then-insert of the same dataset
+        # (UNIQUE constraint failed: datasets...); the loser finds it registered now
+        mlflow.log_input(dataset, context="training")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config to dotted keys, e.g. {"model.hidden": "[1024, 512]"}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def git_tags() -> dict[str, str]:
+    """The commit of the code that runs, when it runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"),
+                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def log_eda(cfg: DictConfig, overrides: Sequence[str], split: DataSplit, statistics: dict,
+            figures: dict[str, Figure], html: Path) -> str:
+    """One run in the ``eda.experiment`` experiment: config, data, statistics, figures, page."""
+    with start_run(cfg, overrides, split, experiment=cfg.eda.experiment) as run:
+        mlflow.log_dict(statistics, "statistics.json")
+        for file_name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{file_name}")
+        mlflow.log_artifact(str(html))
+    return run.run_id

@@ -1,0 +1,1 @@
+"""One training run's work: model, optimizer, fit, checkpoints, evaluation, figures."""

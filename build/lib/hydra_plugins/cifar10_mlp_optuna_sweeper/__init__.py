@@ -1,0 +1,2 @@
+"""An Optuna sweeper for Hydra: trials pruned from their own jobs, samplers and objectives
+from YAML, resumable studies."""
