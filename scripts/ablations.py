@@ -8,8 +8,8 @@ invocation beside them.
 
 Training seconds are also given in reference minutes, by numpy's float32 rate measured right
 before and right after each run (benchmark.py): these machines are shared and their speed
-varies 2x between sessions. One run per row: differences below the seed spread (README, "Seed
-spread") are noise.
+varies 2x between sessions. One run per row: differences below the seed spread
+(docs/results.md, "Seed spread") are noise.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def main() -> None:
                         default=["data.train_limit=10000", "trainer.epochs=12"],
                         help="overrides every variant gets")
     parser.add_argument("--variants", nargs="*",
-                        default=["none=hydra.sweeper.pruner=none", "pruned="],
+                        default=["none=hydra/sweeper/pruner=none", "pruned="],
                         help="NAME=OVERRIDES (space-separated overrides within one argument)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep each variant's folder here (default: a temporary folder)")

@@ -128,3 +128,26 @@ OPTION_VARIANTS = {
     "keras_layers_and_optimizer": ["model.fused_layers=false", "optimizer.fused=false"],
     "sgd": ["optimizer=sgd"],
 }
+
+
+class StartedAProcess(AssertionError):
+    """A test outside the slow tier started a process."""
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_process(request, monkeypatch):
+    """The fast tier (``-m "not slow"``) starts no process: a test that runs a command, a
+    server or a worker is marked ``slow``. (git, which a run asks for its commit, is allowed.)"""
+    if request.node.get_closest_marker("slow"):
+        return
+    import subprocess
+
+    start = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        program = args if isinstance(args, (str, os.PathLike)) else args[0]
+        if Path(str(program).split()[0]).name != "git":
+            raise StartedAProcess(f"{request.node.nodeid} started {program}: mark it slow")
+        start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

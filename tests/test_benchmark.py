@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 @pytest.mark.slow
 def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     out = tmp_path / "bench.json"
-    # relative, as the README writes it: the runs work in folders of their own
+    # relative, as the docs write it: the runs work in folders of their own
     relative = os.path.relpath(tiny_cifar.archive, tmp_path)
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", relative, "--repeats", "1",

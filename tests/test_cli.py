@@ -102,6 +102,7 @@ def test_one_run_logs_everything_and_the_model_loads(tiny_cifar, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_config_fails_fast_with_one_clear_line(tmp_path):
     done = run_cli(["model.dropout=1.5"], tmp_path)
     assert done.returncode != 0
@@ -110,6 +111,7 @@ def test_bad_config_fails_fast_with_one_clear_line(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_missing_data_path_names_the_file(tmp_path):
     done = run_cli([f"data.path={tmp_path / 'absent.tar.gz'}"], tmp_path)
     assert done.returncode != 0
@@ -126,6 +128,7 @@ def test_missing_data_path_names_the_file(tmp_path):
     (["preprocess=zca", "preprocess.epsilon=-1"],
      "preprocess.epsilon=-1.0 is not allowed: expected a number > 0"),
 ])
+@pytest.mark.slow
 def test_bad_config_fails_before_tensorflow_is_imported(tmp_path, overrides, message):
     done = subprocess.run([sys.executable, "-X", "importtime", CLI, *overrides],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -149,6 +152,7 @@ def test_diverging_run_fails_with_the_epoch_and_is_recorded(tiny_cifar, tmp_path
                                              "epoch 1")
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_fails_fast_and_trains_nothing(tiny_cifar, tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -226,6 +230,7 @@ def test_ctrl_c_then_resume_continues_the_run_to_its_last_epoch(tiny_cifar, tmp_
     assert not (tmp_path / "checkpoints" / run_id).exists()  # cleaned up when finished
 
 
+@pytest.mark.slow
 def test_resume_without_an_interrupted_run_says_so(tiny_cifar, tmp_path):
     done = run_cli([*tiny_overrides(tiny_cifar, tmp_path), "trainer.resume=true"], tmp_path)
     assert done.returncode != 0
@@ -252,6 +257,7 @@ def test_three_runs_started_at_once_on_a_fresh_store_all_finish(tiny_cifar, tmp_
     assert {r.info.status for r in finished} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_help_names_the_tool_shows_common_commands_and_only_real_options(tmp_path):
     done = run_cli(["--help"], tmp_path)
     assert done.returncode == 0

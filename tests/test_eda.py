@@ -10,8 +10,10 @@ from mlflow import MlflowClient
 from cifar10_mlp import runner
 
 
-@pytest.fixture
-def report(tmp_path):
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One data report, which the tests below read (it runs t-SNE and draws five figures)."""
+    tmp_path = tmp_path_factory.mktemp("eda")
     tiny = write_tiny_cifar(tmp_path / "data")
     # data_batch_1: image 1 repeats image 0, and image 2 is test image 5
     x = tiny.x_train.copy()

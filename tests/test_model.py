@@ -132,6 +132,7 @@ def test_augmentation_leaves_the_weights_unchanged():
     assert trainable_count(plain) == trainable_count(augmented)
 
 
+@pytest.mark.slow  # fits ZCA: an eigendecomposition of a 3072 x 3072 covariance
 def test_matmul_flops_count_what_is_computed():
     mlp = build(hidden=[64, 32], n_classes=3)  # scale preprocessing: nothing fixed
     weights = [3072 * 64, 64 * 32, 32 * 3]

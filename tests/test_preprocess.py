@@ -49,6 +49,7 @@ def test_scale_divides_by_255(splits):
     np.testing.assert_allclose(out, val.reshape(len(val), -1) / 255.0, rtol=1e-6)
 
 
+@pytest.mark.slow  # eigendecompositions of 3072 x 3072 covariances
 def test_zca_whitens_the_training_images_and_their_mirror_images(splits):
     train, val = splits
     prep = preprocess.fit(cfg("zca", epsilon=1e-6), train)
@@ -63,6 +64,7 @@ def test_zca_whitens_the_training_images_and_their_mirror_images(splits):
     assert transform(prep, val).shape == (16, 32, 32, 3)  # whitened images, as images
 
 
+@pytest.mark.slow  # eigendecompositions of 3072 x 3072 covariances
 def test_zca_of_a_mirror_image_is_the_mirror_of_its_zca(splits):
     # what lets a ZCA model augment whitened images, whitened once before training
     train, val = splits
@@ -72,6 +74,7 @@ def test_zca_of_a_mirror_image_is_the_mirror_of_its_zca(splits):
                                atol=1e-4)
 
 
+@pytest.mark.slow  # eigendecompositions of 3072 x 3072 covariances
 def test_pca_whitens_the_top_components_of_the_training_data(splits):
     train, val = splits
     prep = preprocess.fit(cfg("pca", epsilon=1e-6, components=20), train)

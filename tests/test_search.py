@@ -241,6 +241,16 @@ def test_every_pruner_builds_from_its_yaml_settings(name):
     assert type(pruner) is PRUNERS[name]
 
 
+@pytest.mark.parametrize("group, name, option", [("sampler", "grid", "nsga2"),
+                                                 ("pruner", "asha", "successive_halving")])
+def test_an_unknown_sampler_or_pruner_is_refused_with_the_options(group, name, option):
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_config(["hparams_search=mlp_optuna", f"hydra/sweeper/{group}={name}"],
+                       with_hydra=True)
+    assert f"hydra/sweeper/{group}/{name}" in str(refused.value)
+    assert option in str(refused.value)  # Hydra lists what is there
+
+
 def test_a_sampler_or_pruner_setting_it_does_not_take_is_refused_while_composing():
     with pytest.raises(ConfigCompositionException, match="n_startup_trials"):
         compose_config(["hparams_search=mlp_optuna", "hydra/sweeper/sampler=random",
@@ -365,6 +375,7 @@ def test_each_job_outcome_becomes_its_trial_state_and_counts_towards_n_trials(tm
     assert trials[1].user_attrs["mlflow_run_id"] == "run-1"
 
 
+@pytest.mark.slow
 def test_a_setting_that_cannot_work_stops_the_search_before_anything_is_opened(tmp_path):
     done = run("cifar10-mlp", ["hparams_search=mlp_pareto", "hydra/sweeper/pruner=median"],
                tmp_path)
@@ -374,6 +385,7 @@ def test_a_setting_that_cannot_work_stops_the_search_before_anything_is_opened(t
     assert not list(tmp_path.iterdir())  # no MLflow store, no study, no sweep folder
 
 
+@pytest.mark.slow
 def test_a_search_that_stops_early_leaves_its_parent_run_failed_not_running(tmp_path):
     # a study of the same name with other objectives: the sweeper refuses to resume it
     optuna.create_study(study_name="mlp_optuna", directions=["maximize", "minimize"],

@@ -37,6 +37,7 @@ def running(client, host, pid, heartbeat, parent=None):
     return client.get_run(run.info.run_id)
 
 
+@pytest.mark.slow
 def test_a_run_is_lost_when_its_process_here_is_gone_or_it_fell_silent(client):
     now = time.time()
     here = socket.gethostname()
@@ -47,6 +48,7 @@ def test_a_run_is_lost_when_its_process_here_is_gone_or_it_fell_silent(client):
     assert not process_lost(running(client, "elsewhere", 1, now - 60), lost_after_s=3600)
 
 
+@pytest.mark.slow
 def test_the_sweep_report_ends_a_lost_job_killed(client, tmp_path):
     experiment = client.get_experiment_by_name("tests").experiment_id
     parent = client.create_run(experiment, run_name="sweep", tags={"sweep": "parent"})

@@ -301,6 +301,7 @@ def test_a_killed_job_process_costs_that_job_alone_and_sweep_resume_continues_it
     assert kept <= int(after) < 10
 
 
+@pytest.mark.slow
 def test_sweep_resume_without_an_earlier_sweep_stops_before_any_job(tiny_cifar, tmp_path):
     done = run("cifar10-mlp", ["-m", *sweep_overrides(tiny_cifar, tmp_path), *GRID,
                                "sweep.resume=true"], tmp_path)

@@ -10,6 +10,9 @@ from cifar10_mlp import stopping
 from cifar10_mlp.data import archive, preprocess
 from cifar10_mlp.training import checkpoint, evaluate, model, train
 
+# every test here fits a model for epochs
+pytestmark = pytest.mark.slow
+
 
 def fit_once(cfg, checkpoints=None, callbacks=()):
     split = archive.load(cfg.data, cfg.seed)

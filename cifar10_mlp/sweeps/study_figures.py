@@ -58,7 +58,7 @@ def importance(study: optuna.Study) -> Figure | None:
     try:
         # fANOVA, not Optuna 4's default PED-ANOVA: that compares the best 10% of the trials
         # with the rest, one run of a dozen-run sweep, and credited a 2 x 2 grid's
-        # learning rate with 99% where the width decided the accuracy
+        # learning rate with nearly all of it where the width decided the accuracy
         return _drawn(lambda: optuna.visualization.matplotlib.plot_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
             target_name=VALUE_NAME))

@@ -178,7 +178,7 @@ class TrackedRun:
                                    model_id=logged.model_id),
                 signature=infer_signature(example, model.predict(example, verbose=0)),
                 metadata={CLASS_NAMES_KEY: list(class_names)},
-                # explicit requirements: inferring them costs ~10 s a run
+                # explicit requirements: inferring them would inspect the environment every run
                 pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras")])
             self.client.log_model_artifacts(logged.model_id, str(Path(folder, "model")))
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)

@@ -3,7 +3,7 @@
 Keras 3's ``BatchNormalization`` trains through a dozen separate ops (an upcast, two
 moments, the normalisation, their gradients), and its ``Dropout`` draws a float32 uniform
 number per unit: on a 2-core CPU together they took more of ``best_mlp``'s training step
-than its matrix products (README, Speed; ``scripts/profile_step.py``). The subclasses here
+than its matrix products (docs/performance.md; ``scripts/profile_step.py``). The subclasses here
 compute the same functions in training and are Keras' own layers outside it:
 
 - ``FusedBatchNormalization`` normalises a batch with TensorFlow's fused batch-norm kernel

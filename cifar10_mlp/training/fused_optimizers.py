@@ -2,7 +2,7 @@
 
 Keras' own optimizers update a variable with a dozen element-wise TensorFlow ops, each
 a full pass over the weights and their moments: on a 2-core CPU that was the largest part
-of ``best_mlp``'s training step (README, Speed; ``scripts/profile_step.py``). Each class does
+of ``best_mlp``'s training step (docs/performance.md; ``scripts/profile_step.py``). Each class does
 the same arithmetic as its Keras namesake, weight decay included, in one fused pass per
 variable. XLA is slow here for matrix products, not for element-wise work like this.
 
