@@ -122,7 +122,11 @@ class JobTrial:
 def join_trial(sweeper_cfg: DictConfig, base_dir: str | Path) -> JobTrial | None:
     """The trial ``hydra.sweeper.trial`` names in the study the sweeper config describes;
     None when the job is not an Optuna trial or the study has several objectives (Optuna
-    prunes single-objective studies only, so there is nothing to report)."""
+    prunes single-objective studies only, so there is nothing to report).
+
+    The one adapter to Optuna: it offers no public way to join, from another process, a
+    trial the sweeper asked for, so this builds ``optuna.trial.Trial`` on the storage's trial
+    id (pinned by tests/test_search.py's join tests)."""
     number = sweeper_cfg.get("trial")
     if number is None or len(sweeper_cfg.objectives) > 1:
         return None
