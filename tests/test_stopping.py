@@ -92,3 +92,17 @@ def test_a_second_ctrl_c_exits_at_once():
     assert done.returncode == 130
     assert done.stdout == "Ctrl-C\n"
     assert done.stderr.strip().startswith("cifar10-mlp: second Ctrl-C: stopped at once")
+
+
+def test_a_job_process_stopped_as_it_ends_exits_without_a_traceback():
+    from hydra_plugins.cifar10_mlp_process_launcher.process_launcher import StopBeforeJob
+
+    handler = StopBeforeJob()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):  # before its job: ends it
+            signal.raise_signal(signal.SIGTERM)
+        handler.armed = False  # the process is restoring its handlers, then exits
+        signal.raise_signal(signal.SIGTERM)  # a stop meeting that is ignored, not raised
+    finally:
+        signal.signal(signal.SIGTERM, previous)

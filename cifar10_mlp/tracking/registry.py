@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
-import mlflow.artifacts
-import mlflow.keras
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
@@ -121,10 +119,12 @@ def model_files(client: MlflowClient, model: str) -> str:
 def load(model: str, uri: str) -> tuple[keras.Model, list[str]]:
     """The Keras model ``model`` names (see :func:`model_files`) in tracking store ``uri``,
     and its class names in output order; ModelError, naming it, when that fails."""
+    import mlflow.keras  # imports Keras, which loading the model needs anyway
+
     client = open_client(uri)
     with tempfile.TemporaryDirectory() as folder:
         try:
-            local = mlflow.artifacts.download_artifacts(
+            local = download_artifacts(
                 artifact_uri=model_files(client, model), dst_path=folder, tracking_uri=uri)
             info = Model.load(local)
         except (MlflowException, OSError, ValueError) as err:

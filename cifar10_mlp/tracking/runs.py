@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow.data
-import mlflow.keras
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
@@ -170,7 +169,15 @@ class TrackedRun:
                                                  params=run.data.params)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
         self.model_id = logged.model_id
-        self.log_metrics(run.data.metrics)  # on the experiment's Models tab, with the model
+        # the metrics logged so far at step 0 (test and selection metrics, not the epochs')
+        # are the model's too, shown on the experiment's Models tab: as Model.log links them
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(m.key, m.value, m.timestamp, m.step, model_id=logged.model_id)
+            for key in run.data.metrics
+            for m in self.client.get_metric_history(self.run_id, key)
+            if m.step == 0 and m.model_id is None])
+        import mlflow.keras  # imports Keras: only once a run has trained a model
+
         with tempfile.TemporaryDirectory() as folder:
             mlflow.keras.save_model(
                 model, str(Path(folder, "model")),

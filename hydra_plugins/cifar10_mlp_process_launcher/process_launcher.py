@@ -129,7 +129,7 @@ class JobProcess:
         keep_ignoring = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         self.process = subprocess.Popen(
             [sys.executable, "-c", CHILD_START, str(writer), str(int(keep_ignoring))],
-            stdin=subprocess.PIPE, pass_fds=(writer,))
+            stdin=subprocess.PIPE, pass_fds=(writer,), preexec_fn=ignore_sigint)
         os.close(writer)
         with self.process.stdin:  # read first thing, before the child imports anything
             self.process.stdin.write(job)
@@ -161,8 +161,16 @@ class JobProcess:
                "returning"
 
 
-# a job process's first lines: Ctrl-C is ignored until job_process_main can act on it
-CHILD_START = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+def ignore_sigint() -> None:
+    """In a job process, before it runs Python: a Ctrl-C there is ignored (an ignored signal
+    stays ignored across exec, and Python then installs no handler of its own), so one that
+    meets the interpreter's start-up cannot end it with a traceback; job_process_main takes
+    SIGINT over once it can act on it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# a job process's first lines (SIGINT is ignored already: see ignore_sigint)
+CHILD_START = ("import signal, sys; "
                "job = sys.stdin.buffer.read(); "
                "from hydra_plugins.cifar10_mlp_process_launcher.process_launcher import "
                "job_process_main; job_process_main(job, int(sys.argv[1]), sys.argv[2] == '1')")
@@ -173,9 +181,10 @@ def job_process_main(job: bytes, result_fd: int, keep_ignoring: bool) -> None:
     the job itself takes over signals ends the process at once and quietly: no run has
     opened yet. The process then ends without the interpreter's shutdown (a second or more
     with TensorFlow loaded): its logs are flushed, and nothing else is left to close."""
+    stop_before_job = StopBeforeJob()
     if not keep_ignoring:
-        signal.signal(signal.SIGINT, _stop_before_job)
-    signal.signal(signal.SIGTERM, _stop_before_job)
+        signal.signal(signal.SIGINT, stop_before_job)
+    signal.signal(signal.SIGTERM, stop_before_job)
     status = 1
     try:
         job_return = run_job_in_worker(*cloudpickle.loads(job))
@@ -187,7 +196,8 @@ def job_process_main(job: bytes, result_fd: int, keep_ignoring: bool) -> None:
     except Exception:  # the launcher reports the job lost; this says why
         traceback.print_exc()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # too late to act on one now
+        stop_before_job.armed = False  # first: a stop arriving from here on is too late
+        for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
         logging.shutdown()
         sys.stdout.flush()
@@ -195,5 +205,14 @@ def job_process_main(job: bytes, result_fd: int, keep_ignoring: bool) -> None:
         os._exit(status)
 
 
-def _stop_before_job(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+class StopBeforeJob:
+    """A job process's SIGINT / SIGTERM handler until its job takes over signals: a
+    KeyboardInterrupt, while armed. Disarmed as the process ends, so that a stop arriving
+    while it restores the handlers cannot raise there (a traceback, and no clean exit)."""
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def __call__(self, signum, frame) -> None:
+        if self.armed:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
