@@ -1,4 +1,5 @@
 import pickle
+import tarfile
 
 import numpy as np
 import pytest
@@ -142,3 +143,34 @@ def test_train_limit_caps_the_training_pool_before_the_split(tiny_cifar):
 def test_impossible_split_names_the_key(tiny_cifar):
     with pytest.raises(DataError, match="data.val_size"):
         archive.load(data_cfg(tiny_cifar.archive, val_size=0.05), seed=0)
+
+
+class WritesAFile:
+    """A pickle payload: unpickling it would call exec, which writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_a_batch_whose_pickle_would_run_code_is_refused_before_it_runs(tmp_path, kind):
+    tiny = write_tiny_cifar(tmp_path)
+    marker = tmp_path / "the-payload-ran"
+    images = np.zeros((PER_BATCH, 32, 32, 3), np.uint8)
+    write_batch(tiny.folder / "data_batch_2", images, [0] * PER_BATCH)
+    batch = pickle.loads((tiny.folder / "data_batch_2").read_bytes())
+    (tiny.folder / "data_batch_2").write_bytes(
+        pickle.dumps(batch | {b"extra": WritesAFile(marker)}))
+    archive = tmp_path / "swapped.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny.folder, arcname="cifar-10-batches-py")
+    with pytest.raises(DataError, match=r"data_batch_2: refused: its pickle calls builtins\.exec"
+                       ) as refused:
+        read_cifar10(tiny.folder if kind == "folder" else archive)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists()
+    pickle.loads((tiny.folder / "data_batch_2").read_bytes())  # the payload is real: plain
+    assert marker.read_text() == "ran"                          # pickle runs it
