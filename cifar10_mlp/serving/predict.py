@@ -9,6 +9,7 @@ Lanczos filter, which averages away detail that would alias at this size.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import numpy as np
 
 SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# the picture formats Pillow is allowed to parse: common raster formats only, never those it
+# hands to other programs (EPS runs Ghostscript) or rarely exercised decoders
+PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,32 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+class UnreadablePicture(ValueError):
+    """A file that is not, or should not be read as, a picture; the message says why."""
+
+
 def to_cifar(path: Path) -> np.ndarray:
-    """The picture at ``path`` as a (32, 32, 3) uint8 array; OSError or ValueError when it is
-    missing or not an image Pillow can read."""
+    """The picture at ``path`` as a (32, 32, 3) uint8 array. UnreadablePicture, saying why,
+    for anything else: a missing file, a folder, a pipe or device (which could block or never
+    end), a format outside PICTURE_FORMATS, a truncated or corrupt file, or a decompression
+    bomb (more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
-        rgb = image.convert("RGB")  # palette, grey, CMYK to RGB; alpha dropped
+    if not path.exists():
+        raise UnreadablePicture("no such file")
+    if not path.is_file():
+        raise UnreadablePicture("not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=PICTURE_FORMATS) as image:
+                image.load()
+                rgb = image.convert("RGB")  # palette, grey, CMYK to RGB; alpha dropped
+    except Image.UnidentifiedImageError as err:
+        raise UnreadablePicture("cannot identify image file (read as pictures: "
+                                f"{', '.join(PICTURE_FORMATS)})") from err
+    except Exception as err:  # decoders raise many kinds (OSError, SyntaxError, struct.error)
+        raise UnreadablePicture(_reason(err)) from err
     side = min(rgb.size)
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
     square = rgb.crop((left, top, left + side, top + side))
@@ -72,8 +94,8 @@ def predict_files(model, class_names: list[str], files: list[Path], top: int,
     for file in files:
         try:
             images[file] = to_cifar(file)
-        except (OSError, ValueError) as err:
-            errors[file] = _reason(err)
+        except UnreadablePicture as err:
+            errors[file] = str(err)
     from cifar10_mlp.training.evaluate import predict
 
     probabilities = (predict(model, np.stack(list(images.values())), batch_size) if images
@@ -99,6 +121,5 @@ def render(predictions: list[Prediction], as_json: bool) -> str:
 
 
 def _reason(err: Exception) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "no such file"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    message = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
