@@ -238,3 +238,14 @@ def test_residual_blocks_need_one_width():
             "model.hidden=[64, 32] is not allowed: expected one width repeated")):
         validate(compose_config(["model.block=residual", "model.hidden=[64,32]"]))
     validate(compose_config(["model.block=residual", "model.hidden=[64,64,64]"]))
+
+
+@pytest.mark.parametrize("uri", ["http://alice:s3cret@mlflow.example.org:5000",
+                                 "postgresql://mlflow:s3cret@127.0.0.1/mlflow"])
+def test_a_tracking_uri_with_credentials_is_refused_without_echoing_them(uri):
+    with pytest.raises(ConfigError) as refused:
+        validate(compose_config([f"tracking.uri={uri}"]))
+    message = str(refused.value)
+    assert "s3cret" not in message and "alice" not in message and "\n" not in message
+    assert message.startswith("tracking.uri='") and "***@" in message
+    assert "MLFLOW_TRACKING_USERNAME" in message and "~/.mlflow/credentials" in message

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -112,6 +113,26 @@ class Text(Rule):
     @property
     def bad_value(self) -> Any:
         return "ftp://nowhere" if self.prefixes else ""
+
+
+@dataclass(frozen=True)
+class TrackingUri(Text):
+    """A store's URI, without credentials in it: those would be logged as a param, printed
+    and handed to every worker. Refused with the URI's credentials masked."""
+
+    def check(self, key: str, value: Any) -> None:
+        super().check(key, value)
+        netloc = urlsplit(value).netloc
+        if "@" in netloc:
+            masked = value.replace(netloc, "***@" + netloc.rsplit("@", 1)[1], 1)
+            raise ConfigError(
+                f"{key}={masked!r} is not allowed: expected a URI without credentials; set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in "
+                "~/.mlflow/credentials (a database's password in ~/.pgpass)")
+
+    @property
+    def bad_value(self) -> Any:
+        return "http://alice:secret@127.0.0.1:5000"
 
 
 def text(nullable: bool = False, prefixes: Sequence[str] = ()) -> Text:

@@ -23,6 +23,7 @@ from cifar10_mlp.config.allowed import (
     OneOf,
     Pattern,
     Range,
+    TrackingUri,
     allowed,
     at_least,
     check_node,
@@ -209,7 +210,8 @@ class EdaConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = allowed(text(prefixes=TRACKING_SCHEMES))
+    uri: str = allowed(TrackingUri(f"a URI starting with {', '.join(TRACKING_SCHEMES)}",
+                                   prefixes=TRACKING_SCHEMES))
     experiment: str = allowed(text())
     run_name: str | None = allowed(text(nullable=True))
     log_model: bool = allowed(Flag("true or false"))
