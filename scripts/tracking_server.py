@@ -1,239 +1,320 @@
 #!/usr/bin/env python
-"""Start or stop a shared MLflow tracking server backed by PostgreSQL.
+"""Start or stop a team's MLflow tracking server on PostgreSQL, and add its users.
 
-    python scripts/tracking_server.py start --dir /srv/mlflow [--host 0.0.0.0] [--port 5000]
+    python scripts/tracking_server.py start --dir /srv/mlflow --host 0.0.0.0 \\
+        --tls-cert /srv/tls/mlflow.pem --tls-key /srv/tls/mlflow.key
+    python scripts/tracking_server.py user --dir /srv/mlflow --name alice \\
+        --experiment cifar10-mlp --permission EDIT
     python scripts/tracking_server.py stop --dir /srv/mlflow
 
-``start`` creates, the first time, a PostgreSQL cluster in DIR/postgres with a database
-``mlflow``, and starts it listening on 127.0.0.1 only: the MLflow server is its one
-client. It then starts ``mlflow server`` on that database, with artifacts kept in
-DIR/artifacts and served through the server (``--serve-artifacts``), so workers need
-nothing but HTTP access to it. It waits until the server answers, records both
-process ids in DIR/server.json and prints the tracking URI (alone on stdout).
-``stop`` stops both by those process ids. Arguments after ``--`` go to ``mlflow server``
-(e.g. ``-- --allowed-hosts mlflow.example.org``).
+``start`` creates, the first time, a PostgreSQL cluster in DIR/postgres that listens on no
+TCP port at all: its only way in is a socket inside its own 0700 data folder. It then starts
+``mlflow server`` on it with MLflow's basic-auth app (users, and READ / EDIT / MANAGE per
+experiment and registered model; the user database is on the same PostgreSQL) and artifacts
+kept in DIR/artifacts and served through the server. The admin password is generated (or
+read from ``--admin-password-file``), printed once, and kept in DIR/admin-password (0600);
+every file the servers write is readable by their user alone. With ``--tls-cert`` and
+``--tls-key`` the server speaks HTTPS. It waits until the server answers, records both
+processes in DIR/server.json and prints the tracking URI (alone on stdout).
+``--no-auth`` (loopback addresses only) serves without users, as for a test on one machine.
+
+``stop`` stops both, signalling a recorded process only while it is still the one that was
+started (a pid reused after a crash or a reboot is left alone). ``user`` adds a user with a
+permission and prints its password once (or reads it from ``--password-file``).
+Arguments after ``--`` go to ``mlflow server`` (e.g. ``-- --allowed-hosts mlflow.example.org``).
 
 Needs PostgreSQL's server programs (Debian: ``apt-get install postgresql``) and
-``pip install 'cifar10-mlp[server]'``. PostgreSQL refuses to run as root; run as root,
-this script runs it as the ``postgres`` user, which must be able to reach DIR.
+``pip install 'cifar10-mlp[server]'``. The servers never run as root: as root, pass
+``--run-as USER`` (e.g. ``postgres``), who then owns DIR.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
-import json
 import os
-import shutil
+import secrets
+import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-DATABASE = "mlflow"
-DB_USER = "mlflow"
+from server_host import (
+    ServerError,
+    create_databases,
+    free_port,
+    healthy,
+    identity,
+    is_loopback,
+    postgres_uri,
+    progress,
+    read_state,
+    secret_file,
+    start_postgres,
+    tail,
+    terminate,
+    write_state,
+)
+
+DATABASE, AUTH_DATABASE = "mlflow", "mlflow_auth"
+ADMIN = "admin"
+PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
 def main() -> None:
+    os.umask(0o077)  # the database, artifacts, logs, secrets: this user's alone
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start_parser = sub.add_parser("start", help="start PostgreSQL and the MLflow server")
     start_parser.add_argument("--dir", type=Path, required=True,
-                              help="folder for the database, artifacts, logs and pids")
+                              help="folder for the database, artifacts, logs and secrets")
     start_parser.add_argument("--host", default="127.0.0.1",
                               help="address the MLflow server listens on (0.0.0.0: all)")
     start_parser.add_argument("--port", type=int, default=5000,
                               help="MLflow server port (0: any free port)")
-    start_parser.add_argument("--pg-port", type=int, default=0,
-                              help="PostgreSQL port on 127.0.0.1 (0: any free port)")
     start_parser.add_argument("--workers", type=int, default=2,
                               help="MLflow server worker processes")
+    start_parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate "
+                                                            "(PEM, with its chain)")
+    start_parser.add_argument("--tls-key", type=Path, help="... and this private key (PEM)")
+    start_parser.add_argument("--admin-password-file", type=Path,
+                              help="the admin's password, the first time (else generated)")
+    start_parser.add_argument("--no-auth", action="store_true",
+                              help="no users and no login (loopback addresses only)")
+    start_parser.add_argument("--run-as", metavar="USER",
+                              help="when started as root: the user the servers run as")
+    start_parser.add_argument("--allow-root", action="store_true",
+                              help="as root, run the MLflow server as root (a throwaway "
+                                   "machine such as a CI container only)")
     start_parser.add_argument("--timeout", type=float, default=180,
                               help="seconds to wait for the server to answer")
     start_parser.add_argument("mlflow_args", nargs="*", help="after --: more `mlflow server` "
                                                              "arguments")
-    stop_parser = sub.add_parser("stop", help="stop the server and PostgreSQL by process id")
+    stop_parser = sub.add_parser("stop", help="stop the server and PostgreSQL")
     stop_parser.add_argument("--dir", type=Path, required=True)
+    restart_parser = sub.add_parser("restart", help="restart one of them, as it was started")
+    restart_parser.add_argument("--dir", type=Path, required=True)
+    restart_parser.add_argument("--service", choices=("mlflow", "postgres"), required=True)
+    restart_parser.add_argument("--timeout", type=float, default=180)
+    user_parser = sub.add_parser("user", help="add a user with a permission")
+    user_parser.add_argument("--dir", type=Path, required=True)
+    user_parser.add_argument("--name", required=True)
+    user_parser.add_argument("--password-file", type=Path, help="its password (else generated)")
+    user_parser.add_argument("--experiment", help="an experiment (created if new) the user "
+                                                  "gets --permission on")
+    user_parser.add_argument("--registered-model", help="a registered model name the user gets "
+                                                        "--permission on")
+    user_parser.add_argument("--permission", choices=PERMISSIONS, default="EDIT")
     args = parser.parse_args()
     try:
         if args.command == "start":
-            print(start(args.dir.resolve(), args.host, args.port, args.pg_port, args.workers,
-                        args.timeout, args.mlflow_args))
-        else:
+            run_as(args.run_as, args.allow_root, args.dir)
+            print(start(args))
+        elif args.command == "stop":
             stop(args.dir.resolve())
-    except ServerError as err:
+        elif args.command == "restart":
+            restart(args.dir.resolve(), args.service, args.timeout)
+        else:
+            add_user(args)
+    except (ServerError, OSError) as err:
         sys.exit(f"tracking_server: error: {err}")
 
 
-class ServerError(RuntimeError):
-    """A service did not start or stop; the message says which and where its log is."""
-
-
-def start(folder: Path, host: str, port: int, pg_port: int, workers: int, timeout: float,
-          mlflow_args: list[str]) -> str:
-    """Start PostgreSQL and the MLflow server on it; return the tracking URI."""
+def run_as(user: str | None, allow_root: bool, folder: Path) -> None:
+    """As root, go on as ``user`` (who gets DIR), or refuse: a server should not be root."""
+    if os.geteuid() != 0:
+        if user or allow_root:
+            raise ServerError("--run-as and --allow-root are for root; you are not root")
+        return
+    if allow_root:
+        progress("warning: --allow-root: the MLflow server runs as root (PostgreSQL as "
+                 "postgres); anyone who can write a model it serves can run code as root")
+        return
+    if not user:
+        raise ServerError("refusing to run the servers as root: pass --run-as USER (e.g. "
+                          "--run-as postgres), or start them as that user")
+    uid_gid = _ids(user)
+    if subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import mlflow"],
+                      capture_output=True).returncode != 0:
+        raise ServerError(f"--run-as {user}: {user} cannot run {sys.executable} with MLflow "
+                          "(a Python under /root?); install this tool where that user can "
+                          "read it (e.g. a virtual environment under /opt), or start as them")
     folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, *uid_gid)
+    argv = [a for i, a in enumerate(sys.argv)
+            if a != "--run-as" and sys.argv[i - 1] != "--run-as" and not a.startswith("--run-as=")]
+    env = {**os.environ, "HOME": str(folder.resolve()), "USER": user, "LOGNAME": user}
+    os.execvpe("runuser", ["runuser", "-u", user, "--", sys.executable, *argv], env)
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as err:
+        raise ServerError(f"--run-as {user}: no such user") from err
+    if entry.pw_uid == 0:
+        raise ServerError(f"--run-as {user}: that is root")
+    return entry.pw_uid, entry.pw_gid
+
+
+def start(args: argparse.Namespace) -> str:
+    """Start PostgreSQL and the MLflow server on it; return the tracking URI."""
+    folder = args.dir.resolve()
+    if args.no_auth and not is_loopback(args.host):
+        raise ServerError(f"--host {args.host} --no-auth: refusing to serve a network without "
+                          "authentication; drop --no-auth (users and passwords) or listen on "
+                          "127.0.0.1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ServerError("--tls-cert and --tls-key go together")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (folder / "server.json").exists():
         raise ServerError(f"{folder / 'server.json'} exists: a server was started from this "
                           "folder and not stopped; run `stop --dir` first")
-    pg_port = pg_port or free_port()
-    state = {"postgres_pid": start_postgres(folder, pg_port), "postgres_port": pg_port}
-    _write_state(folder, state)
+    postgres_pid = start_postgres(folder)
+    write_state(folder, {"postgres_pid": postgres_pid,
+                         "postgres_started": identity(postgres_pid)})
     try:
-        create_database(pg_port)
-        port = port or free_port()
-        uri = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        server = start_mlflow_server(folder, pg_port, host, port, workers, mlflow_args)
-        _write_state(folder, state | {"mlflow_pid": server.pid, "uri": uri})
-        progress(f"MLflow server (pid {server.pid}) starting on {uri}")
-        deadline = time.monotonic() + timeout
-        while not healthy(uri):
-            if server.poll() is not None or time.monotonic() > deadline:
-                log_file = folder / "mlflow-server.log"
-                raise ServerError(f"the MLflow server did not come up on {uri}; "
-                                  f"see {log_file}:\n{tail(log_file)}")
-            time.sleep(0.5)
+        create_databases(folder, (DATABASE, AUTH_DATABASE))
+        if not args.no_auth:  # the admin's password: shown to the operator the first time
+            password, new = secret_file(folder / "admin-password", args.admin_password_file)
+            if new:
+                progress(f"admin password (shown once; kept in {folder / 'admin-password'}, "
+                         f"mode 0600): {password}")
+        port = args.port or free_port()
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        settings = {
+            "uri": f"{'https' if args.tls_cert else 'http'}://{host}:{port}",
+            "host": args.host, "port": port, "workers": args.workers, "auth": not args.no_auth,
+            "tls_cert": str(args.tls_cert.resolve()) if args.tls_cert else None,
+            "tls_key": str(args.tls_key.resolve()) if args.tls_key else None,
+            "mlflow_args": args.mlflow_args}
+        write_state(folder, read_state(folder) | settings)
+        launch_mlflow_server(folder, args.timeout)
     except BaseException:
         stop(folder)  # leave nothing running behind a failed start
         raise
-    progress(f"MLflow server ready: export MLFLOW_TRACKING_URI={uri}")
-    return uri
+    progress(f"MLflow server ready: export MLFLOW_TRACKING_URI={settings['uri']}")
+    return settings["uri"]
 
 
-def start_mlflow_server(folder: Path, pg_port: int, host: str, port: int, workers: int,
-                        mlflow_args: list[str]) -> subprocess.Popen:
-    """`mlflow server` on the PostgreSQL database, artifacts served from DIR/artifacts."""
+def restart(folder: Path, service: str, timeout: float) -> None:
+    """Restart one service with the settings it was started with: the MLflow server (after
+    a crash, say), or PostgreSQL (its fast shutdown: open connections are cut)."""
+    state = read_state(folder)
+    if service == "postgres":
+        terminate(state["postgres_pid"], state["postgres_started"], signal.SIGINT, "PostgreSQL")
+        pid = start_postgres(folder)
+        write_state(folder, state | {"postgres_pid": pid, "postgres_started": identity(pid)})
+        return
+    terminate(state["mlflow_pid"], state["mlflow_started"], signal.SIGTERM, "the MLflow server",
+              group=True)
+    launch_mlflow_server(folder, timeout)
+
+
+def launch_mlflow_server(folder: Path, timeout: float) -> None:
+    """Start `mlflow server` on the PostgreSQL database with the settings in server.json
+    (artifacts served from DIR/artifacts), record it there, and wait until it answers."""
+    state = read_state(folder)
     artifacts = folder / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    with open(folder / "mlflow-server.log", "ab") as log:
-        return subprocess.Popen(
+    artifacts.mkdir(mode=0o700, exist_ok=True)
+    options, env = [], dict(os.environ)
+    if state["auth"]:
+        options, env = ["--app-name", "basic-auth"], auth_env(folder)
+    if state["tls_cert"]:
+        options += ["--uvicorn-opts", shlex.join(["--ssl-certfile", state["tls_cert"],
+                                                  "--ssl-keyfile", state["tls_key"]])]
+    log_file = folder / "mlflow-server.log"
+    with open(log_file, "ab") as log:
+        server = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server",
-             "--backend-store-uri", f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/{DATABASE}",
+             "--backend-store-uri", postgres_uri(folder, DATABASE),
              "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
-             "--host", host, "--port", str(port), "--workers", str(workers), *mlflow_args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)  # its own process group: its workers stop with it
+             "--host", state["host"], "--port", str(state["port"]),
+             "--workers", str(state["workers"]), *options, *state["mlflow_args"]],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=folder, start_new_session=True)  # its own process group: its workers too
+    write_state(folder, state | {"mlflow_pid": server.pid,
+                                 "mlflow_started": identity(server.pid)})
+    progress(f"MLflow server (pid {server.pid}) starting on {state['uri']}")
+    deadline = time.monotonic() + timeout
+    while not healthy(state["uri"], state["tls_cert"]):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise ServerError(f"the MLflow server did not come up on {state['uri']}; "
+                              f"see {log_file}:\n{tail(log_file)}")
+        time.sleep(0.5)
+
+
+def auth_env(folder: Path) -> dict[str, str]:
+    """The environment of a server with MLflow's basic-auth app: its config file (users in
+    PostgreSQL), the admin's password (which creates the admin the first time) and the
+    secret that signs its sessions."""
+    flask_secret, _ = secret_file(folder / "flask-secret")
+    config = folder / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "# an authenticated user reads every experiment; writing needs EDIT, given per user\n"
+        "default_permission = READ\n"
+        f"database_uri = {postgres_uri(folder, AUTH_DATABASE)}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": (folder / "admin-password").read_text().strip(),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret}
 
 
 def stop(folder: Path) -> None:
-    """Stop the MLflow server, then PostgreSQL, by the process ids `start` recorded."""
-    state_file = folder / "server.json"
-    if not state_file.exists():
-        raise ServerError(f"{state_file} not found: nothing was started from {folder}")
-    state = json.loads(state_file.read_text())
+    """Stop the MLflow server, then PostgreSQL: each only while it is the process started."""
+    state = read_state(folder)
     if "mlflow_pid" in state:
-        terminate(state["mlflow_pid"], signal.SIGTERM, group=True)
-        progress(f"stopped the MLflow server (pid {state['mlflow_pid']})")
-    terminate(state["postgres_pid"], signal.SIGINT)  # PostgreSQL's "fast" shutdown
-    progress(f"stopped PostgreSQL (pid {state['postgres_pid']})")
-    state_file.unlink()
+        terminate(state["mlflow_pid"], state.get("mlflow_started"), signal.SIGTERM,
+                  "the MLflow server", group=True)
+    terminate(state["postgres_pid"], state.get("postgres_started"), signal.SIGINT,
+              "PostgreSQL")  # SIGINT: PostgreSQL's "fast" shutdown
+    (folder / "server.json").unlink()
 
 
-def start_postgres(folder: Path, port: int) -> int:
-    """Create the cluster on first use, start it on 127.0.0.1:port; return its pid."""
-    bin_dir = postgres_bin_dir()
-    data = folder / "postgres"
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if not (data / "PG_VERSION").exists():
-        data.mkdir(mode=0o700, exist_ok=True)
-        if as_postgres:
-            shutil.chown(data, "postgres", "postgres")
-        run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", DB_USER,
-             "--auth=trust", "-E", "UTF8"], f"initdb in {data}")
-    log_file = folder / "postgres.log"
-    if as_postgres:
-        log_file.touch()
-        shutil.chown(log_file, "postgres", "postgres")
-    run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w",
-         "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {data}", "start"],
-        f"starting PostgreSQL (log: {log_file})")
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    progress(f"PostgreSQL (pid {pid}) listening on 127.0.0.1:{port}")
-    return pid
+def add_user(args: argparse.Namespace) -> None:
+    """Create a user (as the admin) with ``--permission`` on an experiment and/or a
+    registered model; print its password once, with how a client uses it."""
+    folder = args.dir.resolve()
+    state = read_state(folder)
+    if not state.get("auth"):
+        raise ServerError(f"the server of {folder} runs without authentication (--no-auth)")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = ADMIN  # read by MLflow's clients below
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = (folder / "admin-password").read_text().strip()
+    if state.get("tls_cert"):
+        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = state["tls_cert"]
+    import warnings
 
+    warnings.simplefilter("ignore", DeprecationWarning)  # Starlette's, as mlflow.server loads
+    from mlflow import MlflowClient
+    from mlflow.server import get_app_client
 
-def create_database(port: int) -> None:
-    try:
-        import psycopg  # SQLAlchemy's driver for postgresql:// URIs, as MLflow uses them
-    except ImportError as err:
-        raise ServerError("psycopg is missing: pip install 'cifar10-mlp[server]'") from err
-    with psycopg.connect(host="127.0.0.1", port=port, user=DB_USER, dbname="postgres",
-                         autocommit=True) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                    (DATABASE,)).fetchone()
-        if exists is None:
-            connection.execute(f"CREATE DATABASE {DATABASE}")
-
-
-def postgres_bin_dir() -> Path:
-    """Where initdb and pg_ctl are: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
-    on_path = shutil.which("initdb")
-    if on_path:
-        return Path(on_path).resolve().parent
-    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                    key=lambda p: int(Path(p).parts[-3]))
-    if debian:
-        return Path(debian[-1]).parent
-    raise ServerError("PostgreSQL's server programs (initdb, pg_ctl) were not found; "
-                      "install them, e.g. `apt-get install postgresql`")
-
-
-def terminate(pid: int, signum: int, group: bool = False, timeout: float = 30) -> None:
-    """Signal the process (or its group) and wait until it is gone."""
-    with contextlib.suppress(ProcessLookupError):
-        (os.killpg if group else os.kill)(pid, signum)
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-        time.sleep(0.2)
-
-
-def alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ServerError(f"{what} failed:\n{done.stdout}{done.stderr}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _write_state(folder: Path, state: dict) -> None:
-    (folder / "server.json").write_text(json.dumps(state, indent=2) + "\n")
+    uri = state["uri"]
+    password = (args.password_file.read_text().strip() if args.password_file
+                else secrets.token_urlsafe(18))
+    users = get_app_client("basic-auth", tracking_uri=uri)
+    users.create_user(username=args.name, password=password)
+    if args.experiment:
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(args.experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            args.experiment, tags={"mlflow.experimentKind": "custom_model_development"})
+        users.grant_user_permission(args.name, "experiment", experiment_id, args.permission)
+    if args.registered_model:
+        users.grant_user_permission(args.name, "registered_model", args.registered_model,
+                                    args.permission)
+    granted = " and ".join(f"{args.permission} on {kind} {name!r}" for kind, name in (
+        ("experiment", args.experiment), ("registered model", args.registered_model)) if name)
+    progress(f"user {args.name!r}: {granted or 'no write access yet'}; READ everywhere else")
+    if not args.password_file:
+        progress("its password, shown once; give it to the user, who puts it in "
+                 "~/.mlflow/credentials (mode 0600):\n[mlflow]\n"
+                 f"mlflow_tracking_username = {args.name}\n"
+                 f"mlflow_tracking_password = {password}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,13 @@ from omegaconf import DictConfig, OmegaConf
 from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.stopping import uninterrupted
-from cifar10_mlp.tracking.store import HEARTBEAT_TAG, absolute_uri, open_client, open_experiment
+from cifar10_mlp.tracking.store import (
+    HEARTBEAT_TAG,
+    absolute_uri,
+    open_client,
+    open_experiment,
+    write_permitted,
+)
 from cifar10_mlp.training.evaluate import Evaluation
 
 if TYPE_CHECKING:  # importing Keras (TensorFlow) takes seconds; store checks run before it
@@ -214,8 +220,9 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     if resume_run_id is None:
         if parent_run_id is not None:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        run_id = client.create_run(experiment_id, run_name=cfg.tracking.run_name,
-                                   tags=resolve_tags(tags)).info.run_id
+        with write_permitted(cfg.tracking.uri, experiment or cfg.tracking.experiment):
+            run_id = client.create_run(experiment_id, run_name=cfg.tracking.run_name,
+                                       tags=resolve_tags(tags)).info.run_id
     else:
         run_id = resume_run_id
         client.update_run(run_id, status="RUNNING")

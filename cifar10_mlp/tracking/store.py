@@ -13,6 +13,7 @@ import fcntl
 import os
 import socket
 import sqlite3
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from cifar10_mlp.errors import UserError
@@ -75,6 +77,21 @@ def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
         if experiment.tags.get(EXPERIMENT_KIND[0]) is None:  # made before this tag was set
             client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
         return experiment.experiment_id
+
+
+@contextmanager
+def write_permitted(uri: str, experiment: str) -> Iterator[None]:
+    """Turn a server's refusal (401, 403: a user without EDIT there) of what the block writes
+    into experiment ``experiment`` into one line that says who can grant it."""
+    try:
+        yield
+    except MlflowException as err:
+        if err.get_http_status_code() not in (401, 403):
+            raise
+        raise TrackingStoreError(
+            f"tracking.uri={uri}: the server does not let this user write to experiment "
+            f"{experiment!r} ({err.get_http_status_code()}); ask its admin for EDIT on it "
+            "(scripts/tracking_server.py user --experiment ... --permission EDIT)") from None
 
 
 def ui_url(uri: str, experiment_id: str, run_id: str | None = None,
@@ -164,11 +181,22 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     """
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-                return
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout,
+                                        context=tls_context()):
+                pass
         except (OSError, ValueError) as err:
             raise TrackingStoreError(f"tracking.uri={uri}: no MLflow server answers there "
                                      f"({err}); start one or choose another store") from err
+        try:  # a server with users: are this client's credentials (if any) accepted?
+            MlflowClient(uri).search_experiments(max_results=1)
+        except MlflowException as err:
+            if err.get_http_status_code() not in (401, 403):
+                raise
+            raise TrackingStoreError(
+                f"tracking.uri={uri}: the server refused this client "
+                f"({err.get_http_status_code()}): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials") from None
+        return
     if uri.startswith("sqlite:///"):
         path = Path(absolute_uri(uri)[len("sqlite:///"):])
         if not path.exists():
@@ -185,6 +213,13 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         except sqlite3.Error as err:
             raise TrackingStoreError(f"tracking.uri={uri}: {path} cannot be written ({err})"
                                      ) from err
+
+
+def tls_context() -> ssl.SSLContext | None:
+    """What our own HTTPS requests trust, as MLflow's client does: the private CA in
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` when it is set, else the system's."""
+    cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=cafile) if cafile else None
 
 
 def absolute_uri(uri: str) -> str:

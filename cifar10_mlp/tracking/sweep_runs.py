@@ -30,7 +30,14 @@ from cifar10_mlp.tracking.runs import (
     record_failed_run,
     record_unopened_run,
 )
-from cifar10_mlp.tracking.store import alive, end_lost, open_client, open_experiment, process_lost
+from cifar10_mlp.tracking.store import (
+    alive,
+    end_lost,
+    open_client,
+    open_experiment,
+    process_lost,
+    write_permitted,
+)
 
 # tag of a parent run: what its sweep runs (its Optuna study, or its grid of jobs)
 RESUME_KEY_TAG = "sweep_resume_key"
@@ -63,9 +70,10 @@ def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
     its grid) lets a later command find it again to continue it.
     """
     client = open_client(uri)
-    run = client.create_run(open_experiment(uri, experiment), run_name=run_name,
-                            tags={**tags, **git_tags(), "sweep": "parent",
-                                  RESUME_KEY_TAG: resume_key})
+    with write_permitted(uri, experiment):
+        run = client.create_run(open_experiment(uri, experiment), run_name=run_name,
+                                tags={**tags, **git_tags(), "sweep": "parent",
+                                      RESUME_KEY_TAG: resume_key})
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return run.info.run_id
 

@@ -62,7 +62,7 @@ class RayLauncherConf:
     # launch)
     forward_env: list[str] = field(default_factory=lambda: [
         "CIFAR10_MLP_SWEEP_PARENT_RUN_ID", "CIFAR10_MLP_SWEPT_KEYS", "CIFAR10_PATH",
-        "MLFLOW_TRACKING_URI"])
+        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_SERVER_CERT_PATH"])
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf,
