@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos import databricks_pb2
 
-from cifar10_mlp.tracking.store import HEARTBEAT_TAG, open_experiment, process_lost
+from cifar10_mlp.tracking import store
+from cifar10_mlp.tracking.store import (
+    HEARTBEAT_TAG,
+    TrackingStoreError,
+    open_experiment,
+    process_lost,
+)
 
 REPORT = str(Path(sys.executable).parent / "cifar10-mlp-report")
 
@@ -90,3 +98,21 @@ def test_processes_connecting_to_a_new_store_at_once_all_get_it(tmp_path):
     done = connect_together(f"sqlite:///{tmp_path / 'mlflow.db'}", "open_client")
     assert [d.returncode for d in done] == [0] * 4, [d.stderr[-2000:] for d in done]
     assert [d.stdout.strip() for d in done] == ["1"] * 4  # the Default experiment, once
+
+
+@pytest.mark.parametrize("code, status, how", [
+    (databricks_pb2.UNAUTHENTICATED, 401, "MLFLOW_TRACKING_USERNAME"),
+    (databricks_pb2.PERMISSION_DENIED, 403, "--permission EDIT")])
+def test_a_servers_refusal_is_one_line_saying_how_to_get_in(code, status, how):
+    with pytest.raises(TrackingStoreError) as refused, store.write_permitted(
+            "https://mlflow.example.org", "team"):
+        raise MlflowException("Permission denied", error_code=code)
+    message = str(refused.value)
+    assert message.startswith("tracking.uri=https://mlflow.example.org: the server does not "
+                              f"let this user write to experiment 'team' ({status}); ")
+    assert how in message and "\n" not in message
+
+
+def test_other_store_errors_pass_through_as_they_are():
+    with pytest.raises(MlflowException, match="boom"), store.refused_as("never said"):
+        raise MlflowException("boom", error_code=databricks_pb2.INTERNAL_ERROR)

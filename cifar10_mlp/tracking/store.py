@@ -80,18 +80,25 @@ def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
 
 
 @contextmanager
-def write_permitted(uri: str, experiment: str) -> Iterator[None]:
-    """Turn a server's refusal (401, 403: a user without EDIT there) of what the block writes
-    into experiment ``experiment`` into one line that says who can grant it."""
+def refused_as(message: str) -> Iterator[None]:
+    """A server's refusal (401 or 403) of the block's requests as one line: ``message``,
+    its status and how to get in; any other error as it is."""
     try:
         yield
     except MlflowException as err:
-        if err.get_http_status_code() not in (401, 403):
+        status = err.get_http_status_code()
+        if status not in (401, 403):
             raise
-        raise TrackingStoreError(
-            f"tracking.uri={uri}: the server does not let this user write to experiment "
-            f"{experiment!r} ({err.get_http_status_code()}); ask its admin for EDIT on it "
-            "(scripts/tracking_server.py user --experiment ... --permission EDIT)") from None
+        how = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or put them in "
+               "~/.mlflow/credentials" if status == 401 else "ask the server's admin for EDIT "
+               "(scripts/tracking_server.py user --experiment ... --permission EDIT)")
+        raise TrackingStoreError(f"{message} ({status}); {how}") from None
+
+
+def write_permitted(uri: str, experiment: str):
+    """:func:`refused_as` for writing to experiment ``experiment`` of ``uri``."""
+    return refused_as(f"tracking.uri={uri}: the server does not let this user write to "
+                      f"experiment {experiment!r}")
 
 
 def ui_url(uri: str, experiment_id: str, run_id: str | None = None,
@@ -187,15 +194,9 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         except (OSError, ValueError) as err:
             raise TrackingStoreError(f"tracking.uri={uri}: no MLflow server answers there "
                                      f"({err}); start one or choose another store") from err
-        try:  # a server with users: are this client's credentials (if any) accepted?
+        # a server with users: are this client's credentials (if any) accepted?
+        with refused_as(f"tracking.uri={uri}: the server refused this client"):
             MlflowClient(uri).search_experiments(max_results=1)
-        except MlflowException as err:
-            if err.get_http_status_code() not in (401, 403):
-                raise
-            raise TrackingStoreError(
-                f"tracking.uri={uri}: the server refused this client "
-                f"({err.get_http_status_code()}): set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD, or put them in ~/.mlflow/credentials") from None
         return
     if uri.startswith("sqlite:///"):
         path = Path(absolute_uri(uri)[len("sqlite:///"):])
