@@ -1,1 +1,0 @@
-"""Config schemas and the rules each key and combination of keys must keep."""

@@ -1,1 +1,0 @@
-"""Data: reading the CIFAR-10 archive, preprocessing, batches, and the statistics of EDA."""

@@ -1,1 +1,0 @@
-"""Serving a logged model: class probabilities for image files."""

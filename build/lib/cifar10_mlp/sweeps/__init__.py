@@ -1,1 +1,0 @@
-"""Sweeps: the Hydra callback, Optuna studies, launch settings, and the sweep report."""

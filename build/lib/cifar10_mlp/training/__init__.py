@@ -1,1 +1,0 @@
-"""One training run's work: model, optimizer, fit, checkpoints, evaluation, figures."""
