@@ -50,6 +50,7 @@ from server_host import (
     postgres_uri,
     progress,
     read_state,
+    run_as,
     secret_file,
     start_postgres,
     tail,
@@ -119,45 +120,6 @@ def main() -> None:
             add_user(args)
     except (ServerError, OSError) as err:
         sys.exit(f"tracking_server: error: {err}")
-
-
-def run_as(user: str | None, allow_root: bool, folder: Path) -> None:
-    """As root, go on as ``user`` (who gets DIR), or refuse: a server should not be root."""
-    if os.geteuid() != 0:
-        if user or allow_root:
-            raise ServerError("--run-as and --allow-root are for root; you are not root")
-        return
-    if allow_root:
-        progress("warning: --allow-root: the MLflow server runs as root (PostgreSQL as "
-                 "postgres); anyone who can write a model it serves can run code as root")
-        return
-    if not user:
-        raise ServerError("refusing to run the servers as root: pass --run-as USER (e.g. "
-                          "--run-as postgres), or start them as that user")
-    uid_gid = _ids(user)
-    if subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import mlflow"],
-                      capture_output=True).returncode != 0:
-        raise ServerError(f"--run-as {user}: {user} cannot run {sys.executable} with MLflow "
-                          "(a Python under /root?); install this tool where that user can "
-                          "read it (e.g. a virtual environment under /opt), or start as them")
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chown(folder, *uid_gid)
-    argv = [a for i, a in enumerate(sys.argv)
-            if a != "--run-as" and sys.argv[i - 1] != "--run-as" and not a.startswith("--run-as=")]
-    env = {**os.environ, "HOME": str(folder.resolve()), "USER": user, "LOGNAME": user}
-    os.execvpe("runuser", ["runuser", "-u", user, "--", sys.executable, *argv], env)
-
-
-def _ids(user: str) -> tuple[int, int]:
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError as err:
-        raise ServerError(f"--run-as {user}: no such user") from err
-    if entry.pw_uid == 0:
-        raise ServerError(f"--run-as {user}: that is root")
-    return entry.pw_uid, entry.pw_gid
 
 
 def start(args: argparse.Namespace) -> str:

@@ -5,7 +5,7 @@ from mlflow import MlflowClient
 
 from cifar10_mlp import stopping
 from cifar10_mlp.data import archive
-from cifar10_mlp.tracking import runs
+from cifar10_mlp.tracking import provenance, runs
 
 
 def test_a_run_that_raises_ends_failed_with_the_error_recorded(tiny_cfg):
@@ -25,7 +25,7 @@ def test_a_run_that_raises_ends_failed_with_the_error_recorded(tiny_cfg):
 
 
 def test_flatten_gives_dotted_keys():
-    flat = runs.flatten({"model": {"hidden": [8, 4], "bn": True}, "seed": 1})
+    flat = provenance.flatten({"model": {"hidden": [8, 4], "bn": True}, "seed": 1})
     assert flat == {"model.hidden": "[8, 4]", "model.bn": "True", "seed": "1"}
 
 

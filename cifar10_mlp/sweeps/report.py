@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar10_mlp.tracking.runs import overrides_tag
+from cifar10_mlp.tracking.provenance import overrides_tag
 from cifar10_mlp.tracking.sweep_runs import ChildRun
 
 SELECTION_METRIC = "selected_val_accuracy"  # validation only: the test set never picks a run

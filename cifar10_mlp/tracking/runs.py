@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import tempfile
 import time
 import traceback
@@ -45,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.stopping import uninterrupted
+from cifar10_mlp.tracking.provenance import TRACED_PACKAGES, flatten, git_tags, overrides_tag
 from cifar10_mlp.tracking.store import (
     HEARTBEAT_TAG,
     absolute_uri,
@@ -64,8 +64,6 @@ PRUNED_TAG = "pruned"
 MODEL_URI_TAG = "model_uri"
 # key of a logged model's metadata (MLmodel) that lists its classes in output order
 CLASS_NAMES_KEY = "class_names"
-# versions recorded on every run, so a result can be traced and rerun
-TRACED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mlflow", "hydra-core")
 
 
 class TrackedRun:
@@ -255,12 +253,6 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     client.set_terminated(run_id, "FINISHED")
 
 
-def overrides_tag(overrides: Sequence[str]) -> str:
-    """The ``overrides`` tag of a run: its command-line overrides, which in a sweep tell its
-    job apart from the others."""
-    return " ".join(overrides) or "(defaults)"
-
-
 def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,
                       error: Exception) -> None:
     """Record a run that failed before it could start (bad config or data) as FAILED."""
@@ -273,32 +265,6 @@ def record_unopened_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id
     first), holding its config; its id, for the caller to mark how it ended."""
     with start_run(cfg, overrides, None, parent_run_id) as run:
         return run.run_id
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
-    """Nested config to dotted keys, e.g. {"model.hidden": "[1024, 512]"}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)
-    return flat
-
-
-def git_tags() -> dict[str, str]:
-    """The commit of the code that runs, when it runs from a git checkout."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"),
-                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
-    except (OSError, subprocess.SubprocessError):
-        return {}
 
 
 def log_eda(cfg: DictConfig, overrides: Sequence[str], split: DataSplit, statistics: dict,

@@ -22,11 +22,10 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from cifar10_mlp.errors import JobLost
+from cifar10_mlp.tracking.provenance import git_tags, overrides_tag
 from cifar10_mlp.tracking.runs import (
     MAX_TAG_LENGTH,
     PRUNED_TAG,
-    git_tags,
-    overrides_tag,
     record_failed_run,
     record_unopened_run,
 )
