@@ -151,6 +151,15 @@ def tracking_defaults() -> DictConfig:
         return compose(config_name="config").tracking
 
 
+def store_access(uri: str):
+    """For the commands that take ``--tracking-uri``: refuse credentials in it (as
+    ``tracking.uri``), and make a server's refusal of this client one line."""
+    from cifar10_mlp.tracking.store import refused_as
+
+    schema.TRACKING_URI.check("--tracking-uri", uri)
+    return refused_as(f"--tracking-uri {uri}: the server refused this client")
+
+
 def report() -> None:
     """`cifar10-mlp-report`: compare the runs of a sweep (a parent run id or experiment name)."""
     tracking = tracking_defaults()
@@ -166,12 +175,17 @@ def report() -> None:
     from cifar10_mlp.sweeps import report_files
     from cifar10_mlp.tracking import sweep_runs
 
-    parent = sweep_runs.find_sweep(args.tracking_uri, args.sweep)
-    if parent is None:
-        sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment {args.sweep!r} in "
-                 f"{args.tracking_uri}")
-    print(report_files.write(args.tracking_uri, parent, args.out,
-                             args.lost_after_minutes * 60).text(parent))
+    try:
+        with store_access(args.tracking_uri):
+            parent = sweep_runs.find_sweep(args.tracking_uri, args.sweep)
+            if parent is None:
+                sys.exit(f"cifar10-mlp-report: no sweep parent run or experiment "
+                         f"{args.sweep!r} in {args.tracking_uri}")
+            page = report_files.write(args.tracking_uri, parent, args.out,
+                                      args.lost_after_minutes * 60)
+    except UserError as err:
+        sys.exit(f"cifar10-mlp-report: error: {err}")
+    print(page.text(parent))
 
 
 def predict() -> None:
@@ -199,7 +213,8 @@ def predict() -> None:
                  + ", ".join(map(str, args.images)))
     runtime.start(0)  # TensorFlow's default threads
     try:
-        model, class_names = registry.load(args.model, args.tracking_uri)
+        with store_access(args.tracking_uri):
+            model, class_names = registry.load(args.model, args.tracking_uri)
     except UserError as err:
         sys.exit(f"cifar10-mlp-predict: error: {err}")
     predictions = pictures.predict_files(model, class_names, files, args.top)

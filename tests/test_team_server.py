@@ -234,3 +234,26 @@ def test_stop_signals_only_the_processes_it_started(tmp_path):
     finally:
         os.killpg(bystander.pid, signal.SIGKILL)
         bystander.wait()
+
+
+def test_our_commands_without_credentials_stop_in_one_line_saying_how(server, tiny_cifar,
+                                                                      tmp_path):
+    _, uri, cert, _ = server
+    env = as_user(cert, None, None)
+    env["HOME"] = str(tmp_path)  # no ~/.mlflow/credentials either
+    commands = [
+        ["cifar10-mlp", *[o for o in tiny_overrides(tiny_cifar, tmp_path)
+                          if not o.startswith("tracking.")],
+         f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}"],
+        ["cifar10-mlp-report", EXPERIMENT, "--tracking-uri", uri],
+        ["cifar10-mlp-predict", "models:/team-model/1", str(tmp_path / "picture.png"),
+         "--tracking-uri", uri]]
+    from PIL import Image
+    Image.fromarray(tiny_cifar.x_test[0]).save(tmp_path / "picture.png")
+    for command, *args in commands:
+        done = subprocess.run([str(BIN / command), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert last.startswith(f"{command}: error: ") and "refused this client (401)" in last
+        assert "~/.mlflow/credentials" in last

@@ -64,6 +64,9 @@ INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "l
 # what a run logs per epoch on the validation split, and which way is better
 VALIDATION_METRICS = {"val_accuracy": "max", "val_loss": "min"}
 TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "file:")
+# tracking.uri's rule, which the commands' --tracking-uri follows too
+TRACKING_URI = TrackingUri(f"a URI starting with {', '.join(TRACKING_SCHEMES)}",
+                           prefixes=TRACKING_SCHEMES)
 
 
 @dataclass
@@ -210,8 +213,7 @@ class EdaConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = allowed(TrackingUri(f"a URI starting with {', '.join(TRACKING_SCHEMES)}",
-                                   prefixes=TRACKING_SCHEMES))
+    uri: str = allowed(TRACKING_URI)
     experiment: str = allowed(text())
     run_name: str | None = allowed(text(nullable=True))
     log_model: bool = allowed(Flag("true or false"))

@@ -127,7 +127,11 @@ def load(model: str, uri: str) -> tuple[keras.Model, list[str]]:
             local = download_artifacts(
                 artifact_uri=model_files(client, model), dst_path=folder, tracking_uri=uri)
             info = Model.load(local)
-        except (MlflowException, OSError, ValueError) as err:
+        except MlflowException as err:
+            if err.get_http_status_code() in (401, 403):
+                raise  # not a missing model: this client is not let in (see store.refused_as)
+            raise ModelError(f"{model}: no model there ({str(err).splitlines()[0]})") from err
+        except (OSError, ValueError) as err:
             raise ModelError(f"{model}: no model there ({str(err).splitlines()[0]})") from err
         class_names = ((info.metadata or {}).get(CLASS_NAMES_KEY)
                        or _run_class_names(client, info.run_id))
