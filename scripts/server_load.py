@@ -11,7 +11,8 @@ end, two artifacts (a 200 kB file and a figure), then FINISHED. Scenarios: ``ste
 ``postgres-restarted`` (PostgreSQL restarted mid-way). Clients use MLflow's client as our
 runs do, with its retries. Reported per scenario (median over repeats): requests per
 second, request latency p50 / p95 / p99 / max, errors the clients saw, and what was lost:
-runs not FINISHED, epochs whose metric is missing or doubled, artifacts missing.
+runs not FINISHED, epochs whose metric is missing or doubled, artifacts missing. With
+several ``--auth-cache-seconds``, every round is run against a server with each.
 """
 
 from __future__ import annotations
@@ -35,12 +36,18 @@ ARTIFACTS = ("blob.bin", "plots/figure.png")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32],
+                        help="numbers of clients logging at once, one round each")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs each client logs")
     parser.add_argument("--epoch-seconds", type=float, default=0.25,
                         help="pause between a client's epochs (its training)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds per (clients, scenario); figures are their medians")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
+                        help="steady, the MLflow server SIGKILLed, PostgreSQL restarted")
+    parser.add_argument("--auth-cache-seconds", type=int, nargs="+", default=[60],
+                        help="the server's login cache (tracking_server.py start "
+                             "--auth-cache-seconds); one server per value")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--client", nargs=3, metavar=("URI", "EXPERIMENT", "OUT"),
                         help=argparse.SUPPRESS)
@@ -48,19 +55,23 @@ def main() -> None:
     if args.client:
         client_main(*args.client, args.epochs, args.epoch_seconds)
         return
-    with tempfile.TemporaryDirectory(prefix="server-load-") as base:
-        os.chmod(base, 0o711)  # as root, PostgreSQL runs as postgres, who must pass through
-        results = measure(Path(base), args)
+    results = []
+    for cache_seconds in args.auth_cache_seconds:
+        with tempfile.TemporaryDirectory(prefix="server-load-") as base:
+            os.chmod(base, 0o711)  # as root, PostgreSQL runs as postgres, who must pass through
+            results += measure(Path(base), cache_seconds, args)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def measure(base: Path, args: argparse.Namespace) -> list[dict]:
+def measure(base: Path, cache_seconds: int, args: argparse.Namespace) -> list[dict]:
+    """Every (clients, scenario) round against one server with this login cache."""
     folder = base / "server"
     as_root = ["--allow-root"] if os.geteuid() == 0 else []
     started = subprocess.run([*SERVER, "start", "--dir", str(folder), "--port", "0",
-                              "--workers", "2", *as_root], capture_output=True, text=True)
+                              "--workers", "2", "--auth-cache-seconds", str(cache_seconds),
+                              *as_root], capture_output=True, text=True)
     if started.returncode != 0:
         sys.exit(started.stderr)
     uri = started.stdout.strip()
@@ -70,7 +81,8 @@ def measure(base: Path, args: argparse.Namespace) -> list[dict]:
             for scenario in args.scenarios:
                 rows = [one_round(base, folder, uri, n, scenario, r, args)
                         for r in range(args.repeats)]
-                results.append(summarise(n, scenario, rows))
+                results.append({"auth_cache_s": cache_seconds,
+                                **summarise(n, scenario, rows)})
                 print(f"server_load: {n} clients, {scenario}: {results[-1]}", file=sys.stderr,
                       flush=True)
         return results
@@ -176,15 +188,16 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| clients | scenario | req/s | p50 ms | p95 ms | p99 ms | max ms | restart s | "
-            "errors seen | runs not FINISHED | epochs missing / doubled | artifacts missing |")
-    lines = [head, "|" + " --- |" * 12]
+    columns = {"login cache s": "auth_cache_s", "clients": "clients", "scenario": "scenario",
+               "req/s": "requests_per_s", "p50 ms": "p50_ms", "p95 ms": "p95_ms",
+               "p99 ms": "p99_ms", "max ms": "max_ms", "restart s": "downtime_s",
+               "errors seen": "errors_seen", "runs not FINISHED": "runs_not_finished",
+               "epochs missing": "epochs_missing", "epochs doubled": "epochs_doubled",
+               "artifacts missing": "artifacts_missing"}
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for r in results:
-        lines.append(
-            f"| {r['clients']} | {r['scenario']} | {r['requests_per_s']} | {r['p50_ms']} | "
-            f"{r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['downtime_s'] or '-'} | "
-            f"{r['errors_seen']} | {r['runs_not_finished']} | {r['epochs_missing']} / "
-            f"{r['epochs_doubled']} | {r['artifacts_missing']} |")
+        lines.append("| " + " | ".join("-" if r[key] is None else str(r[key])
+                                       for key in columns.values()) + " |")
     return "\n".join(lines)
 
 

@@ -83,6 +83,10 @@ def main() -> None:
                               help="the admin's password, the first time (else generated)")
     start_parser.add_argument("--no-auth", action="store_true",
                               help="no users and no login (loopback addresses only)")
+    start_parser.add_argument("--auth-cache-seconds", type=int, default=60,
+                              help="a worker accepts a login it checked for this long without "
+                                   "hashing the password again (0: every request); a changed "
+                                   "password or deleted user can pass until then")
     start_parser.add_argument("--run-as", metavar="USER",
                               help="when started as root: the user the servers run as")
     start_parser.add_argument("--allow-root", action="store_true",
@@ -150,6 +154,7 @@ def start(args: argparse.Namespace) -> str:
         settings = {
             "uri": f"{'https' if args.tls_cert else 'http'}://{host}:{port}",
             "host": args.host, "port": port, "workers": args.workers, "auth": not args.no_auth,
+            "auth_cache_seconds": args.auth_cache_seconds,
             "tls_cert": str(args.tls_cert.resolve()) if args.tls_cert else None,
             "tls_key": str(args.tls_key.resolve()) if args.tls_key else None,
             "mlflow_args": args.mlflow_args}
@@ -184,7 +189,8 @@ def launch_mlflow_server(folder: Path, timeout: float) -> None:
     artifacts.mkdir(mode=0o700, exist_ok=True)
     options, env = [], dict(os.environ)
     if state["auth"]:
-        options, env = ["--app-name", "basic-auth"], auth_env(folder)
+        options, env = ["--app-name", "basic-auth"], auth_env(folder,
+                                                             state.get("auth_cache_seconds", 0))
     if state["tls_cert"]:
         options += ["--uvicorn-opts", shlex.join(["--ssl-certfile", state["tls_cert"],
                                                   "--ssl-keyfile", state["tls_key"]])]
@@ -209,10 +215,10 @@ def launch_mlflow_server(folder: Path, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def auth_env(folder: Path) -> dict[str, str]:
+def auth_env(folder: Path, cache_seconds: int) -> dict[str, str]:
     """The environment of a server with MLflow's basic-auth app: its config file (users in
-    PostgreSQL), the admin's password (which creates the admin the first time) and the
-    secret that signs its sessions."""
+    PostgreSQL; a login checked once per worker per ``cache_seconds``), the admin's password
+    (which creates the admin the first time) and the secret that signs its sessions."""
     flask_secret, _ = secret_file(folder / "flask-secret")
     config = folder / "basic_auth.ini"
     config.write_text(
@@ -221,7 +227,10 @@ def auth_env(folder: Path) -> dict[str, str]:
         "default_permission = READ\n"
         f"database_uri = {postgres_uri(folder, AUTH_DATABASE)}\n"
         f"admin_username = {ADMIN}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "# a password hash costs a CPU tens of milliseconds: each worker remembers a checked\n"
+        "# login this long (a changed password or deleted user passes until it expires)\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n")
     return {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
             "MLFLOW_AUTH_ADMIN_PASSWORD": (folder / "admin-password").read_text().strip(),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret}
