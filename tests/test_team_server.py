@@ -1,6 +1,7 @@
 """The team server of scripts/tracking_server.py as a team runs it: MLflow's basic-auth app
 with its users in PostgreSQL, HTTPS with a self-signed certificate made here, clients that
-take their credentials from the environment; and its host's side (files, pids)."""
+take their credentials from the environment or ~/.mlflow/credentials; and its host's side
+(files, pids)."""
 
 import datetime
 import ipaddress
@@ -135,6 +136,11 @@ def test_a_read_user_cannot_write(server, monkeypatch):
     with pytest.raises(MlflowException) as refused:
         client.create_run(experiment.experiment_id)
     assert refused.value.get_http_status_code() == 403
+    # bob's login is now in the workers' login cache: a wrong password still is not
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "bob-Pa55-word-2")
+    with pytest.raises(MlflowException) as refused:
+        client.get_experiment_by_name(EXPERIMENT)
+    assert refused.value.get_http_status_code() == 401
 
 
 def test_an_edit_user_runs_sweeps_and_predicts_and_its_password_is_nowhere(
@@ -147,7 +153,7 @@ def test_an_edit_user_runs_sweeps_and_predicts_and_its_password_is_nowhere(
                  if not o.startswith("tracking.")] + tracking
     outputs = []
 
-    def run(command, *args):
+    def run(command, *args, env=env):
         done = subprocess.run([str(BIN / command), *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)
         outputs.append(done.stdout + done.stderr)
@@ -162,8 +168,13 @@ def test_an_edit_user_runs_sweeps_and_predicts_and_its_password_is_nowhere(
     picture = tmp_path / "picture.png"
     from PIL import Image
     Image.fromarray(tiny_cifar.x_test[0]).save(picture)
+    home = tmp_path / "home"  # the credentials file instead of the environment
+    (home / ".mlflow").mkdir(parents=True)
+    (home / ".mlflow" / "credentials").write_text(
+        f"[mlflow]\nmlflow_tracking_username = alice\nmlflow_tracking_password = {password}\n")
+    (home / ".mlflow" / "credentials").chmod(0o600)
     predicted = run("cifar10-mlp-predict", "models:/team-model/1", str(picture),
-                    "--tracking-uri", uri)
+                    "--tracking-uri", uri, env=as_user(cert, None, None) | {"HOME": str(home)})
     assert predicted.stdout.startswith(f"{picture}: ")
 
     client = MlflowClient(uri)
