@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from cifar10_mlp.errors import UserError
+from cifar10_mlp.tracking.resilient import ResilientClient
 
 # a run's last sign of life (seconds since the epoch), written when it starts and each epoch
 HEARTBEAT_TAG = "heartbeat"
@@ -59,7 +60,7 @@ def open_client(uri: str) -> MlflowClient:
     cost nothing more.
     """
     with store_lock(uri):
-        return MlflowClient(uri)
+        return ResilientClient(uri)
 
 
 def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
@@ -70,7 +71,7 @@ def open_experiment(uri: str, name: str, create: bool = True) -> str | None:
     UI opens it on its runs table rather than on the GenAI overview (traces, tokens).
     """
     with store_lock(uri):
-        client = MlflowClient(uri)  # under the lock already: open_client would wait on itself
+        client = ResilientClient(uri)  # under the lock already: open_client would wait on itself
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             return client.create_experiment(name, tags=dict([EXPERIMENT_KIND])) if create else None
