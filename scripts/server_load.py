@@ -4,15 +4,16 @@
     python scripts/server_load.py --clients 8 32 --epochs 20 --repeats 3
 
 Starts an authenticated server (scripts/tracking_server.py, in a temporary folder) and, for
-each number of clients N and each scenario, N client processes at once, each logging a run
-as a training run does: its params, per-epoch metrics (one request per epoch) and, at the
-end, two artifacts (a 200 kB file and a figure), then FINISHED. Scenarios: ``steady``;
-``mlflow-killed`` (the MLflow server killed with SIGKILL mid-way and started again);
-``postgres-restarted`` (PostgreSQL restarted mid-way). Clients use MLflow's client as our
-runs do, with its retries. Reported per scenario (median over repeats): requests per
-second, request latency p50 / p95 / p99 / max, errors the clients saw, and what was lost:
-runs not FINISHED, epochs whose metric is missing or doubled, artifacts missing. With
-several ``--auth-cache-seconds``, every round is run against a server with each.
+each number of clients N and each scenario, N client processes that start logging together,
+each a run as a training run logs: its params, per-epoch metrics (one request per epoch)
+and, at the end, two artifacts (a 200 kB file and a figure), then FINISHED. Scenarios:
+``steady``; ``mlflow-killed`` (the MLflow server killed with SIGKILL 40% into the logging
+and started again); ``postgres-restarted`` (PostgreSQL restarted then). Clients use this
+tool's client (``tracking.store.open_client``), as its runs do, with its retries and
+MLflow's. Reported per scenario (median over repeats): requests per second, request latency
+p50 / p95 / p99 / max, errors the clients saw, and what was lost: runs not FINISHED, epochs
+whose metric is missing or doubled, artifacts missing. With several
+``--auth-cache-seconds``, every round is run against a server with each.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     if args.client:
         client_main(*args.client, args.epochs, args.epoch_seconds)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the servers
     results = []
     for cache_seconds in args.auth_cache_seconds:
         with tempfile.TemporaryDirectory(prefix="server-load-") as base:
@@ -92,8 +94,8 @@ def measure(base: Path, cache_seconds: int, args: argparse.Namespace) -> list[di
 
 def one_round(base: Path, folder: Path, uri: str, n: int, scenario: str, repeat: int,
               args: argparse.Namespace) -> dict:
-    """N clients at once; the disruption at 40% of their expected time; what they saw and
-    what the store holds afterwards."""
+    """N clients at once (started together once all are ready); the disruption at 40% of
+    their logging time; what they saw and what the store holds afterwards."""
     experiment = f"load-{n}-{scenario}-{repeat}"
     password = base / "load.password"
     password.write_text("load-Pa55-word-1")
@@ -104,15 +106,20 @@ def one_round(base: Path, folder: Path, uri: str, n: int, scenario: str, repeat:
     env = {**os.environ, "MLFLOW_TRACKING_USERNAME": name,
            "MLFLOW_TRACKING_PASSWORD": "load-Pa55-word-1"}
     outs = [base / f"client-{experiment}-{i}.json" for i in range(n)]
-    began = time.monotonic()
     clients = [subprocess.Popen([sys.executable, __file__, "--epochs", str(args.epochs),
                                  "--epoch-seconds", str(args.epoch_seconds),
                                  "--client", uri, experiment, str(out)], env=env,
                                 stdout=subprocess.DEVNULL)
                for out in outs]
+    # N clients at once: each waits, its imports done, until all are ready
+    while not all(ready_file(out).exists() or c.poll() is not None
+                  for out, c in zip(outs, clients, strict=True)):
+        time.sleep(0.1)
+    go_file(base, experiment).touch()
+    began = time.monotonic()
     downtime = None
     if scenario != "steady":
-        time.sleep(0.4 * (5 + args.epochs * args.epoch_seconds))
+        time.sleep(0.4 * args.epochs * args.epoch_seconds)
         hit = time.monotonic()
         if scenario == "mlflow-killed":
             state = json.loads((folder / "server.json").read_text())
@@ -159,7 +166,7 @@ def check_store(uri: str, env: dict, seen: list[dict], epochs: int) -> dict:
         lost["artifacts_missing"] += len(set(ARTIFACTS) - present)
     return {"requests": len(latencies), "latencies": latencies,
             "errors": sum(len(s["errors"]) for s in seen),
-            "error_kinds": sorted({e.split(":")[0] for s in seen for e in s["errors"]}),
+            "error_messages": sorted({e for s in seen for e in s["errors"]}),
             **lost}
 
 
@@ -177,7 +184,7 @@ def summarise(n: int, scenario: str, rows: list[dict]) -> dict:
             "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0),
             "downtime_s": None if rows[0]["downtime"] is None else median("downtime"),
             "errors_seen": sum(r["errors"] for r in rows),
-            "error_kinds": sorted({k for r in rows for k in r["error_kinds"]}),
+            "error_messages": sorted({m for r in rows for m in r["error_messages"]}),
             **{key: sum(r[key] for r in rows) for key in (
                 "runs_not_finished", "epochs_missing", "epochs_doubled", "artifacts_missing")}}
 
@@ -201,14 +208,27 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ready_file(out: Path) -> Path:
+    return out.with_suffix(".ready")
+
+
+def go_file(base: Path, experiment: str) -> Path:
+    return base / f"{experiment}.go"
+
+
 def client_main(uri: str, experiment: str, out: str, epochs: int, pause: float) -> None:
-    """One client: a run with params, a metric request per epoch, two artifacts, FINISHED;
-    each request timed, each error the client sees recorded (the run goes on after it)."""
-    from mlflow import MlflowClient
+    """One client, as a training run logs: a run with params, a metric request per epoch,
+    two artifacts, FINISHED; each request timed, each error the client sees recorded (the
+    run goes on after it)."""
     from mlflow.entities import Metric, Param
 
-    client = MlflowClient(uri)
+    from cifar10_mlp.tracking.store import open_client
+
+    client = open_client(uri)
     latencies, errors, run_id = [], [], None
+    ready_file(Path(out)).touch()
+    while not go_file(Path(out).parent, experiment).exists():
+        time.sleep(0.05)
 
     def timed(call, *args, **kwargs):
         started = time.monotonic()
