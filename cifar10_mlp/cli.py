@@ -17,8 +17,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import hydra  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from cifar10_mlp import runner, stopping
 from cifar10_mlp.config import schema
@@ -46,6 +49,10 @@ def main() -> None:
     While Hydra composes the config, a signal is held: the sweep acts on it once its parent
     run is open, a single run once it starts."""
     with stopping.held():  # until the sweep opens or the run takes them over
+        try:
+            sys.argv[1:] = with_origin(sys.argv[1:])
+        except UserError as err:
+            sys.exit(f"cifar10-mlp: error: {err}")
         try:
             train()
         except KeyboardInterrupt as stop:
@@ -145,10 +152,52 @@ def eda(cfg: DictConfig) -> None:
     print(f"\nreport: {page.resolve()}\nMLflow run {run_id} (experiment {cfg.eda.experiment})")
 
 
+def with_origin(args: list[str]) -> list[str]:
+    """The command line ``args`` with its ``from_run=<run id>`` replaced by the overrides
+    that run was made with (:mod:`cifar10_mlp.sweeps.origin`), checked to compose: a key
+    renamed since is one line naming the override."""
+    if not any(a.startswith("from_run=") for a in args):
+        return args
+    from cifar10_mlp.sweeps import origin  # MLflow: only for a run that needs it
+
+    run_id = origin.requested(args)
+    own = [a for a in args if "=" in a and not a.startswith(("-", f"{origin.KEY}="))]
+    try:
+        uri = composed(own).tracking.uri
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(str(err).splitlines()[0]) from None
+    with store_access(uri):
+        source_id, recorded = origin.source(uri, run_id)
+    try:
+        composed([*recorded, *own])
+    except (HydraException, OmegaConfBaseException) as err:
+        for override in recorded:  # which of the run's overrides no longer applies
+            try:
+                composed([override])
+            except (HydraException, OmegaConfBaseException) as alone:
+                raise UserError(
+                    f"{origin.KEY}={run_id}: run {source_id}'s override {override!r} no longer "
+                    f"applies ({str(alone).splitlines()[0]}); its config.yaml artifact has the "
+                    "config it ran with") from None
+        raise UserError(f"{origin.KEY}={run_id}: {str(err).splitlines()[0]}") from None
+    print(f"{origin.KEY}={run_id}: starting from run {source_id}'s overrides: "
+          f"{' '.join(recorded) or '(defaults)'}", flush=True)
+    return origin.expanded(args, source_id, recorded)
+
+
+def composed(overrides: list[str]) -> DictConfig:
+    """The training config these overrides compose, leaving out Hydra's own settings and
+    a sweep's lists of values (``seed=1,2``)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            o.input_line for o in parsed
+            if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")])
+
+
 def tracking_defaults() -> DictConfig:
     """``conf/tracking``'s defaults, for the commands that take no Hydra overrides."""
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="config").tracking
+    return composed([]).tracking
 
 
 def store_access(uri: str):

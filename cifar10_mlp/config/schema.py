@@ -244,6 +244,9 @@ class Config:
     tracking: TrackingConfig = MISSING
     sweep: SweepConfig = MISSING
     seed: int = allowed(Range("an integer in [0, 2**32 - 1]", low=0, high=2**32 - 1))
+    from_run: str | None = allowed(Pattern(
+        "an MLflow run id (32 hex digits)", nullable=True, regex=r"[0-9a-f]{32}",
+        refused="run-1"))
 
 
 @dataclass

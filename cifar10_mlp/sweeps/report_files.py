@@ -86,7 +86,8 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
         title=parent.info.run_name, command=tags.get("sweep_command", ""),
         swept={k: parent.data.params.get(f"sweep.{k}", "") for k in keys},
         seconds=((parent.info.end_time or time.time() * 1000) - parent.info.start_time) / 1000,
-        links=_ui_links(uri, parent.info.experiment_id, children))
+        links=_ui_links(uri, parent.info.experiment_id, children),
+        from_run=parent.data.params.get("sweep.from_run"))
     page = out_dir / "index.html"
     page.write_text(report_page.render(facts, outcome, groups, verdict, images))
     files.append(page)

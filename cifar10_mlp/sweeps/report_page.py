@@ -22,6 +22,7 @@ class SweepFacts:
     swept: dict[str, str]  # key -> the values it swept, as written
     seconds: float | None  # from the parent's start to its end (or now)
     links: dict[str, str]  # run name -> its page in the MLflow UI (a tracking server only)
+    from_run: str | None = None  # the run its jobs started from (``from_run``)
 
 
 def render(facts: SweepFacts, report: SweepReport, groups: list[Group], verdict: str,
@@ -34,7 +35,9 @@ def render(facts: SweepFacts, report: SweepReport, groups: list[Group], verdict:
         (report.n_not_started, "not started")) if n or what in ("finished", "failed"))
     swept = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.swept.items())
     took = f" in {_duration(facts.seconds)}" if facts.seconds is not None else ""
-    body = f"""<p><code>{_e(facts.command)}</code></p>
+    origin = (f"<p>Every job started from run <code>{_e(facts.from_run)}</code>'s config.</p>"
+              if facts.from_run else "")
+    body = f"""<p><code>{_e(facts.command)}</code></p>{origin}
 <p>{_e(counts)}{took}.</p>
 <table><tr><th>swept</th><th>values</th></tr>{swept}</table>
 <h2>Which setting won</h2><p class="note">{_e(verdict)}</p>

@@ -44,7 +44,13 @@ from omegaconf import DictConfig, OmegaConf
 from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.stopping import uninterrupted
-from cifar10_mlp.tracking.provenance import TRACED_PACKAGES, flatten, git_tags, overrides_tag
+from cifar10_mlp.tracking.provenance import (
+    FROM_RUN_TAG,
+    TRACED_PACKAGES,
+    flatten,
+    git_tags,
+    overrides_tags,
+)
 from cifar10_mlp.tracking.store import (
     HEARTBEAT_TAG,
     absolute_uri,
@@ -211,10 +217,12 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     """
     client = open_client(cfg.tracking.uri)
     experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
-    tags = {"overrides": overrides_tag(overrides), **git_tags(),
+    tags = {**overrides_tags(overrides), **git_tags(),
             "host": socket.gethostname(), "pid": str(os.getpid()),
             HEARTBEAT_TAG: str(round(time.time())),
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
+    if cfg.get("from_run"):
+        tags[FROM_RUN_TAG] = cfg.from_run
     if resume_run_id is None:
         if parent_run_id is not None:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
