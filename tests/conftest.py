@@ -137,7 +137,9 @@ class StartedAProcess(AssertionError):
 @pytest.fixture(autouse=True)
 def fast_tests_start_no_process(request, monkeypatch):
     """The fast tier (``-m "not slow"``) starts no process: a test that runs a command, a
-    server or a worker is marked ``slow``. (git, which a run asks for its commit, is allowed.)"""
+    server or a worker is marked ``slow``. (git, which a run asks for its commit, and
+    uname, which Python's platform module asks once per process when a library imported
+    wants the processor's name, are allowed.)"""
     if request.node.get_closest_marker("slow"):
         return
     import subprocess
@@ -146,7 +148,7 @@ def fast_tests_start_no_process(request, monkeypatch):
 
     def refuse(self, args, *rest, **kwargs):
         program = args if isinstance(args, (str, os.PathLike)) else args[0]
-        if Path(str(program).split()[0]).name != "git":
+        if Path(str(program).split()[0]).name not in ("git", "uname"):
             raise StartedAProcess(f"{request.node.nodeid} started {program}: mark it slow")
         start(self, args, *rest, **kwargs)
 
