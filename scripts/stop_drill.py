@@ -14,12 +14,12 @@ reference. Then, for each moment of a seeded schedule spread over that whole lif
 (start-up, data loading, tracing the first epoch, epochs, validation, test evaluation,
 figures, model logging, the sweep's report), a session is started (fresh, or resuming
 what the last stop left: ``trainer.resume=true`` or ``sweep.resume=true``), stopped at the
-moment, and checked: it exits within 10 s, non-zero, with one line and no traceback, and
-leaves no run RUNNING or FAILED. When a session outlives its moment or finishes anyway,
-its chain of resumed sessions must have ended as the reference did (the same runs
-FINISHED, each epoch logged once, the same metrics); the next moment starts a fresh chain.
-A moment that a fresh session outlives (it ran faster than the reference) is counted as
-finished anyway.
+moment, and checked: it exits within 10 s (``--exit-within``), non-zero, with one line
+and no traceback, and leaves no run RUNNING or FAILED. When a session outlives its moment
+or finishes anyway, its chain of resumed sessions must have ended as the reference did
+(the same runs FINISHED, each epoch logged once, the same metrics); the next moment starts
+a fresh chain. A moment that a fresh session outlives (it ran faster than the reference)
+is counted as finished anyway.
 Prints the counts as JSON; exits non-zero, naming the moment, at the first failed check.
 """
 
@@ -39,7 +39,6 @@ import numpy as np
 from mlflow import MlflowClient
 
 CLI = str(Path(sys.executable).parent / "cifar10-mlp")
-EXIT_WITHIN_S = 10.0
 # before the interpreter runs the command's first line, a Ctrl-C can only meet Python's own
 # start-up (which prints its KeyboardInterrupt): the schedule starts after it
 STARTED_S = 0.1
@@ -136,7 +135,8 @@ def check_ended_as(reference: dict, ended: dict, chain: int) -> None:
                   f"uninterrupted {reference[name][key]}")
 
 
-def drill(scenario: Scenario, n_moments: int, seed: int) -> dict[str, float]:
+def drill(scenario: Scenario, n_moments: int, seed: int, exit_within_s: float
+          ) -> dict[str, float]:
     """Run the schedule; return the counts."""
     client = MlflowClient(scenario.uri)
     started = time.monotonic()
@@ -190,7 +190,7 @@ def drill(scenario: Scenario, n_moments: int, seed: int) -> dict[str, float]:
         if tracebacks and all(worker_start_up(tb) for tb in tracebacks):
             counts["worker_start_up_tracebacks"] += 1  # a known gap, counted, not hidden
             tracebacks = []
-        check(waited < EXIT_WITHIN_S and not tracebacks and bool(lines)
+        check(waited < exit_within_s and not tracebacks and bool(lines)
               and lines[-1].startswith("cifar10-mlp: "), where)
         statuses = {name: run["status"] for name, run in outcome(client, f"chain-{chain}").items()}
         check(not {"RUNNING", "FAILED"} & set(statuses.values()), f"{statuses}; {where}")
@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--signal", choices=["SIGINT", "SIGTERM"], default="SIGINT",
                         help="SIGINT goes to the process group (a terminal's Ctrl-C), SIGTERM "
                              "to the command's own process (a scheduler's stop)")
+    parser.add_argument("--exit-within", type=float, default=10.0, metavar="SECONDS",
+                        help="the longest a stopped session may take to exit")
     parser.add_argument("overrides", nargs="*", help="the command's arguments (after --)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +223,7 @@ def main() -> None:
     scenario = Scenario(args.overrides, args.workdir.resolve(), signum,
                         to_group=signum == signal.SIGINT)
     try:
-        counts = drill(scenario, args.moments, args.seed)
+        counts = drill(scenario, args.moments, args.seed, args.exit_within)
     except DrillFailure as failure:
         sys.exit(f"stop_drill: {failure}")
     print(json.dumps(counts))

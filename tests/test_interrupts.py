@@ -29,7 +29,9 @@ def grid(launcher, tiny, tmp_path) -> list[str]:
 def drill(overrides, signal_name, seed, tmp_path) -> dict:
     done = subprocess.run([sys.executable, str(SCRIPT), "--workdir", str(tmp_path / "drill"),
                            "--moments", str(N_MOMENTS), "--seed", str(seed),
-                           "--signal", signal_name, "--", *overrides],
+                           "--signal", signal_name,
+                           # a hang guard, not a speed check: the machine is shared
+                           "--exit-within", "60", "--", *overrides],
                           capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-5000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
