@@ -28,9 +28,11 @@ from cifar10_mlp.config import schema
 from cifar10_mlp.data.archive import DataError  # noqa: E402
 from cifar10_mlp.errors import UserError  # noqa: E402
 from cifar10_mlp.sweeps.launch import (  # noqa: E402
+    JOB_LOG,
     PARENT_RUN_ENV,
     earlier_run,
     fill_launch_settings,
+    job_output_to,
     job_overrides,
     search_trial,
     sweep_stopping,
@@ -76,8 +78,20 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
     interrupted continues its own run.
     """
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return train_and_report(cfg, hydra_cfg)
+    # a sweep job's whole output goes to a file in its folder: the sweep's console says
+    # when each job starts and ends
+    job_log = Path(hydra_cfg.runtime.output_dir) / JOB_LOG
+    with job_output_to(job_log):
+        return train_and_report(cfg, hydra_cfg, job_log)
+
+
+def train_and_report(cfg: DictConfig, hydra_cfg: DictConfig, job_log: Path | None = None
+                     ) -> runner.RunSummary | float:
+    """:func:`train`'s run, printing its summary; ``job_log``: a sweep job's output file."""
     overrides = job_overrides(hydra_cfg.overrides.task)
-    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    sweeping = job_log is not None
     parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
     fill_launch_settings(cfg, hydra_cfg, sweeping)
     try:
@@ -91,7 +105,8 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
                 return reused(earlier, cfg.tracking.uri)
             trial = search_trial(hydra_cfg) if sweeping else None
             summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None,
-                                 resume_run_id=earlier.run_id if earlier else None, stop=stop)
+                                 resume_run_id=earlier.run_id if earlier else None, stop=stop,
+                                 job_log=job_log)
     except KeyboardInterrupt as stopped:
         if sweeping:  # the sweep stops as a whole (main)
             raise
@@ -104,9 +119,9 @@ def train(cfg: DictConfig) -> runner.RunSummary | float:
                 sys.exit(f"cifar10-mlp: error: {err}")
             raise
         if isinstance(err, schema.ConfigError | DataError):  # failed before its run opened
-            from cifar10_mlp.tracking import runs
+            from cifar10_mlp.tracking import sweep_runs
 
-            runs.record_failed_run(cfg, overrides, parent_run_id, err)
+            sweep_runs.record_failed_run(cfg, overrides, parent_run_id, err, job_log)
         log.error("job failed (%s); recorded as a FAILED run", err,
                   exc_info=not isinstance(err, UserError))
         return math.nan

@@ -37,7 +37,8 @@ class RunSummary:
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None,
         report_to_trial: Callable[[int, float], bool] | None = None,
-        resume_run_id: str | None = None, stop: StopRequest | None = None) -> RunSummary:
+        resume_run_id: str | None = None, stop: StopRequest | None = None,
+        job_log: Path | None = None) -> RunSummary:
     """Train and evaluate the model ``cfg`` describes, logging everything to MLflow.
 
     ``parent_run_id`` files the run under a sweep's parent run. ``report_to_trial`` gets
@@ -45,7 +46,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     pruned there): the run then ends without test evaluation, tagged ``pruned``.
     ``resume_run_id`` continues that interrupted run from its checkpoint, as
     ``trainer.resume=true`` does with the experiment's latest one (or trains it again from
-    its first epoch when it was stopped before its first checkpoint).
+    its first epoch when it was stopped before its first checkpoint). ``job_log``: a sweep
+    job's output file, which the run names and keeps.
 
     ``stop`` is checked before every batch and between the stages (data, training, test
     evaluation, figures, model logging, registration): once a signal asked for a stop,
@@ -73,8 +75,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
         prep = preprocess.fit(cfg.preprocess, split.x_train)
     stop.check()
     mlp = model.build(cfg.model, cfg.augment, len(split.class_names), prep, cfg.seed)
-    with runs.start_run(cfg, overrides, split, parent_run_id,
-                            resume_run_id=resume_run_id) as run:
+    with runs.start_run(cfg, overrides, split, parent_run_id, resume_run_id=resume_run_id,
+                        job_log=job_log) as run:
         log.info("MLflow run %s: training %s for up to %d epochs", run.run_id,
                  "-".join(str(w) for w in cfg.model.hidden), cfg.trainer.epochs)
         checkpoints = Path(cfg.trainer.checkpoint_dir) / run.run_id

@@ -229,6 +229,7 @@ class TrackingConfig:
 @dataclass
 class SweepConfig:
     resume: bool = allowed(Flag("true or false"))
+    poll_seconds: float = allowed(positive())
 
 
 @dataclass

@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
@@ -32,12 +33,16 @@ from omegaconf import DictConfig, OmegaConf
 from cifar10_mlp import stopping
 from cifar10_mlp.errors import JobLost, UserError
 from cifar10_mlp.sweeps.launch import (
+    JOB_LOG,
     PARENT_RUN_ENV,
     SWEPT_KEYS_ENV,
     failure_of,
     fill_launch_settings,
     job_overrides,
 )
+
+if TYPE_CHECKING:
+    from cifar10_mlp.sweeps.console import SweepConsole
 
 log = logging.getLogger(__name__)
 SWEPT_KEYS_TAG = "sweep_keys"  # of a parent run: the keys its jobs differ in
@@ -75,6 +80,11 @@ class SweepTracker(Callback):
         self.planned: list[list[str]] | None = None  # a grid's jobs, in Hydra's order
         self.n_lost = 0  # jobs whose worker process died, as their launcher reports
         self.n_unrecorded = 0  # lost jobs whose run could not be written
+        self.console: SweepConsole | None = None
+
+    def __getstate__(self) -> dict:
+        # joblib sends the callbacks to its workers: the console stays in this process
+        return {**self.__dict__, "console": None}
 
     @_fails_the_sweep
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -82,6 +92,7 @@ class SweepTracker(Callback):
         # imported here, not at the top: Hydra builds callbacks for every run, and a
         # single run must not import MLflow and TensorFlow before its config is checked
         from cifar10_mlp.stopping import uninterrupted
+        from cifar10_mlp.sweeps.console import SweepConsole
         from cifar10_mlp.tracking import sweep_runs
 
         plan = plan_sweep(config)
@@ -114,6 +125,11 @@ class SweepTracker(Callback):
             # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
             # that raises would leave the parent RUNNING for ever
             atexit.register(self._end_unfinished, uri, self.parent_run_id)
+        log.info("each job's output: %s in its folder under %s", JOB_LOG,
+                 config.hydra.sweep.dir)
+        self.console = SweepConsole(uri, self.parent_run_id, len(plan.planned or ()) or
+                                    config.hydra.sweeper.n_trials, config.sweep.poll_seconds
+                                    ).start()
         stopping.release_held()  # from now on a signal stops the sweep where it is
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
@@ -143,6 +159,7 @@ class SweepTracker(Callback):
             return
         from cifar10_mlp.sweeps import report_files
 
+        self.console.close()
         # a sweep with lost jobs ends KILLED, as a stopped one: sweep.resume=true continues it
         written = report_files.write(config.tracking.uri, self.parent_run_id,
                                      Path(config.hydra.sweep.dir),
@@ -185,6 +202,7 @@ class SweepTracker(Callback):
         from cifar10_mlp.tracking import sweep_runs
 
         config = self.config
+        self.console.close(look_again=False)
         sweep_runs.stop_children(config.tracking.uri, self.parent_run_id, reason)
         outcome = report_files.write(config.tracking.uri, self.parent_run_id,
                                      Path(config.hydra.sweep.dir),

@@ -14,7 +14,9 @@ import io
 import logging
 import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "CIFAR10_MLP_SWEEP_PARENT_RUN_ID"
 # and the keys the sweep varies (comma-separated), which name each job's run
 SWEPT_KEYS_ENV = "CIFAR10_MLP_SWEPT_KEYS"
+JOB_LOG = "job.log"  # a sweep job's whole output, in its folder
 
 
 def job_overrides(overrides) -> list[str]:
@@ -206,3 +209,29 @@ def failure_of(job_return: JobReturn) -> BaseException:
     except BaseException as error:
         return error
     raise ValueError(f"job {job_return.overrides} did not fail")
+
+
+@contextmanager
+def job_output_to(path: Path) -> Iterator[None]:
+    """Send everything this process writes to ``path`` until the block ends: the file
+    descriptors 1 and 2 themselves (TensorFlow's C++ output, and Python's where
+    ``sys.stdout`` writes to them), and ``sys.stdout`` and ``sys.stderr`` (where they do not,
+    as in a notebook's kernel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "a", buffering=1) as log_file, \
+                contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+            os.dup2(log_file.fileno(), 1)
+            os.dup2(log_file.fileno(), 2)
+            try:
+                yield
+            finally:
+                log_file.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])

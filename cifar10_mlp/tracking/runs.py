@@ -8,9 +8,9 @@ A run whose body raises ends FAILED with the error as a tag and a traceback file
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -68,6 +68,8 @@ MAX_TAG_LENGTH = 5000
 PRUNED_TAG = "pruned"
 # tag of a run that logged a model: its ``models:/<id>`` URI
 MODEL_URI_TAG = "model_uri"
+# tag of a sweep job's run: the log file holding the job's whole output (kept as an artifact)
+JOB_LOG_TAG = "job_log"
 # key of a logged model's metadata (MLmodel) that lists its classes in output order
 CLASS_NAMES_KEY = "class_names"
 
@@ -207,13 +209,15 @@ class TrackedRun:
 @contextmanager
 def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None,
               parent_run_id: str | None = None, experiment: str | None = None,
-              resume_run_id: str | None = None) -> Iterator[TrackedRun]:
+              resume_run_id: str | None = None, job_log: Path | None = None
+              ) -> Iterator[TrackedRun]:
     """Open a run in ``cfg.tracking``'s store and log the config, data and code version.
 
     ``parent_run_id`` makes it a child of a sweep's parent run; ``split`` is None only
     for a run recorded before its data was loaded (failed, or lost); ``experiment`` replaces
     ``cfg.tracking.experiment``; ``resume_run_id`` reopens an interrupted run, whose
-    config is logged already.
+    config is logged already. ``job_log``: a sweep job's output file, named in a tag and
+    kept as an artifact as the run ends, however it ends.
     """
     client = open_client(cfg.tracking.uri)
     experiment_id = open_experiment(cfg.tracking.uri, experiment or cfg.tracking.experiment)
@@ -223,6 +227,8 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
             **{f"version.{pkg}": version(pkg) for pkg in TRACED_PACKAGES}}
     if cfg.get("from_run"):
         tags[FROM_RUN_TAG] = cfg.from_run
+    if job_log is not None:
+        tags[JOB_LOG_TAG] = str(job_log)
     if resume_run_id is None:
         if parent_run_id is not None:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -250,29 +256,32 @@ def start_run(cfg: DictConfig, overrides: Sequence[str], split: DataSplit | None
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI maps it
         with uninterrupted():  # a second signal waits until the run is marked
             client.set_tag(run_id, "error", "interrupted")
+            keep_job_log(client, run_id, job_log)
             client.set_terminated(run_id, "KILLED")
         raise
     except BaseException as err:
         with uninterrupted():
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_TAG_LENGTH])
             client.log_text(run_id, traceback.format_exc(), "error.txt")
+            keep_job_log(client, run_id, job_log)
             client.set_terminated(run_id, "FAILED")
         raise
+    keep_job_log(client, run_id, job_log)
     client.set_terminated(run_id, "FINISHED")
 
 
-def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,
-                      error: Exception) -> None:
-    """Record a run that failed before it could start (bad config or data) as FAILED."""
-    with contextlib.suppress(type(error)), start_run(cfg, overrides, None, parent_run_id):
-        raise error
-
-
-def record_unopened_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str) -> str:
-    """Open and close the run of a sweep job that never opened its own (its process died
-    first), holding its config; its id, for the caller to mark how it ended."""
-    with start_run(cfg, overrides, None, parent_run_id) as run:
-        return run.run_id
+def keep_job_log(client: MlflowClient, run_id: str, job_log: Path | None) -> None:
+    """The job's output so far as the run's artifact (what it printed after this stays in
+    the file); a log that cannot be kept does not change how the run ends."""
+    if job_log is None or not job_log.exists():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        client.log_artifact(run_id, str(job_log))
+    except Exception as err:
+        warnings.warn(f"could not keep {job_log} as run {run_id}'s artifact: {err}",
+                      stacklevel=2)
 
 
 def log_eda(cfg: DictConfig, overrides: Sequence[str], split: DataSplit, statistics: dict,

@@ -23,12 +23,7 @@ from omegaconf import DictConfig
 
 from cifar10_mlp.errors import JobLost
 from cifar10_mlp.tracking.provenance import git_tags, overrides_tag
-from cifar10_mlp.tracking.runs import (
-    MAX_TAG_LENGTH,
-    PRUNED_TAG,
-    record_failed_run,
-    record_unopened_run,
-)
+from cifar10_mlp.tracking.runs import JOB_LOG_TAG, MAX_TAG_LENGTH, PRUNED_TAG, start_run
 from cifar10_mlp.tracking.store import (
     alive,
     end_lost,
@@ -58,6 +53,7 @@ class ChildRun:
     pruned_epoch: int | None = None  # FINISHED early: a pruner stopped it after this epoch
     overrides: str = ""  # the job's own overrides, which identify it within its sweep
     experiment_id: str = ""
+    job_log: str | None = None  # the file holding the job's output, where it ran
 
 
 def open_sweep(uri: str, experiment: str, run_name: str, tags: dict[str, str],
@@ -197,7 +193,8 @@ def sweep_children(uri: str, parent_run_id: str) -> list[ChildRun]:
                      (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time
                      else None, run.data.tags.get("error"),
                      int(run.data.tags[PRUNED_TAG]) if PRUNED_TAG in run.data.tags else None,
-                     run.data.tags.get("overrides", ""), run.info.experiment_id)
+                     run.data.tags.get("overrides", ""), run.info.experiment_id,
+                     run.data.tags.get(JOB_LOG_TAG))
             for run in runs]
 
 
@@ -258,3 +255,18 @@ def record_lost_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: st
         end_lost(client, record_unopened_run(cfg, overrides, parent_run_id))
     elif not lost:
         record_failed_run(cfg, overrides, parent_run_id, error)
+
+
+def record_failed_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str | None,
+                      error: Exception, job_log: Path | None = None) -> None:
+    """Record a run that failed before it could start (bad config or data) as FAILED."""
+    with contextlib.suppress(type(error)), start_run(cfg, overrides, None, parent_run_id,
+                                                     job_log=job_log):
+        raise error
+
+
+def record_unopened_run(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str) -> str:
+    """Open and close the run of a sweep job that never opened its own (its process died
+    first), holding its config; its id, for the caller to mark how it ended."""
+    with start_run(cfg, overrides, None, parent_run_id) as run:
+        return run.run_id

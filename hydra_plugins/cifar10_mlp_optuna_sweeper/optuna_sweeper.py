@@ -167,17 +167,17 @@ class OptunaSweeper(Sweeper):
         summary = ret.return_value if ret and ret.status == JobStatus.COMPLETED else None
         if not isinstance(summary, RunSummary):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log.info("trial %d failed", trial.number)
+            log.debug("trial %d failed", trial.number)
             return
         trial.set_user_attr("mlflow_run_id", summary.run_id)
         if summary.pruned_epoch is not None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            log.info("trial %d pruned after epoch %d", trial.number, summary.pruned_epoch)
+            log.debug("trial %d pruned after epoch %d", trial.number, summary.pruned_epoch)
             return
         values = [summary.metrics.get(name, math.nan) for name in self.objectives]
         if all(math.isfinite(v) for v in values):
             study.tell(trial, values)
-            log.info("trial %d: %s", trial.number, ", ".join(
+            log.debug("trial %d: %s", trial.number, ", ".join(
                 f"{name} {value:.4g}" for name, value in zip(self.objectives, values,
                                                              strict=True)))
         else:
