@@ -140,7 +140,7 @@ def test_the_grid_of_a_sweep_is_the_one_hydra_launches():
     from hydra.core.plugins import Plugins
     from hydra.plugins.sweeper import Sweeper
 
-    from cifar10_mlp.sweeps.callback import grid_jobs
+    from cifar10_mlp.sweeps.plan import grid_jobs
 
     params = {"model.hidden": "[512],[1024,512]"}
     arguments = ["optimizer.lr=0.01,0.001", "trainer.epochs=3", "seed=1,2"]

@@ -154,7 +154,7 @@ def test_a_job_lost_before_its_run_opened_is_recorded_killed_with_its_config(
 def test_n_jobs_zero_is_refused_before_the_sweep_opens_anything(tmp_path):
     from conftest import compose_config
 
-    from cifar10_mlp.sweeps.callback import SweepError, plan_sweep
+    from cifar10_mlp.sweeps.plan import SweepError, plan_sweep
 
     config = compose_config(["hydra/launcher=processes", "hydra.launcher.n_jobs=0",
                              f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"], with_hydra=True)
