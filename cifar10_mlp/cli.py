@@ -106,7 +106,7 @@ def train_and_report(cfg: DictConfig, hydra_cfg: DictConfig, job_log: Path | Non
             trial = search_trial(hydra_cfg) if sweeping else None
             summary = runner.run(cfg, overrides, parent_run_id, trial.report if trial else None,
                                  resume_run_id=earlier.run_id if earlier else None, stop=stop,
-                                 job_log=job_log)
+                                 job_log=job_log).summary
     except KeyboardInterrupt as stopped:
         if sweeping:  # the sweep stops as a whole (main)
             raise

@@ -11,11 +11,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from cifar10_mlp.config import schema
 from cifar10_mlp.stopping import StopRequest
+
+if TYPE_CHECKING:  # TensorFlow is imported once the config is checked
+    import keras
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +40,20 @@ class RunSummary:
     registered: str | None = None  # the registered version, e.g. "x version 3 (models:/x/3)"
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run's summary, with what it made in this process: the trained model (its best
+    epoch's weights) and the figures it logged, by file name."""
+
+    summary: RunSummary
+    model: keras.Model
+    figures: dict[str, Figure]
+
+
 def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None,
         report_to_trial: Callable[[int, float], bool] | None = None,
         resume_run_id: str | None = None, stop: StopRequest | None = None,
-        job_log: Path | None = None) -> RunSummary:
+        job_log: Path | None = None) -> TrainedRun:
     """Train and evaluate the model ``cfg`` describes, logging everything to MLflow.
 
     ``parent_run_id`` files the run under a sweep's parent run. ``report_to_trial`` gets
@@ -137,9 +152,10 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
                    **{f"time_{stage}_seconds": s for stage, s in seconds.items()}}
         run.log_metrics(metrics)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
-    return RunSummary(run.run_id, run.tracking_uri, run.experiment_id,
-                      {**(test.metrics() if test is not None else {}), **metrics}, pruned_epoch,
-                      model_uri, registered)
+    summary = RunSummary(run.run_id, run.tracking_uri, run.experiment_id,
+                         {**(test.metrics() if test is not None else {}), **metrics},
+                         pruned_epoch, model_uri, registered)
+    return TrainedRun(summary, mlp, figures)
 
 
 @contextmanager

@@ -51,6 +51,18 @@ class Written:
                 f"report: {self.page}\nsee it {self.where}\n")
 
 
+def objectives_of(parent_tags: dict[str, str]) -> dict[str, str] | None:
+    """A search's objectives (metric -> maximize | minimize), as its parent run records them."""
+    return json.loads(parent_tags["sweep_objectives"]) if "sweep_objectives" in parent_tags \
+        else None
+
+
+def outcome_of(uri: str, parent_run_id: str) -> report.SweepReport:
+    """The sweep's comparison table as its report has it, from the store."""
+    tags = sweep_runs.parent_run(uri, parent_run_id).data.tags
+    return report.build(sweep_runs.sweep_children(uri, parent_run_id), objectives_of(tags))
+
+
 def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
           planned: list[list[str]] | None = None, end_as: str | None = None,
           stopped_by: str | None = None) -> Written:
@@ -61,8 +73,7 @@ def write(uri: str, parent_run_id: str, out_dir: Path, lost_after_s: float,
     parent = sweep_runs.parent_run(uri, parent_run_id)
     tags = parent.data.tags
     children = sweep_runs.sweep_children(uri, parent_run_id)
-    objectives = json.loads(tags["sweep_objectives"]) if "sweep_objectives" in tags else None
-    outcome = report.build(children, objectives, planned)
+    outcome = report.build(children, objectives_of(tags), planned)
     finished = [run for run in children if report.status(run) == "FINISHED"]
     groups = seeds.seed_groups(finished, outcome.swept)
     verdict = seeds.verdict(groups)
