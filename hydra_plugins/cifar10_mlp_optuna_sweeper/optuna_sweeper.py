@@ -121,7 +121,8 @@ class OptunaSweeper(Sweeper):
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     self._tell_all(study, running.pop(future), future)
-                log.info("study %s: %d of %d trials done", self.study_name,
+                # the sweep console's progress line says as much, with the best so far
+                log.debug("study %s: %d of %d trials done", self.study_name,
                          counted_trials(study), self.n_trials)
         finally:
             if pool is not None:  # stopped (Ctrl-C): the entry point stops the running jobs
