@@ -95,7 +95,7 @@ def train_and_report(cfg: DictConfig, hydra_cfg: DictConfig, job_log: Path | Non
     parent_run_id = os.environ.get(PARENT_RUN_ENV) if sweeping else None
     fill_launch_settings(cfg, hydra_cfg, sweeping)
     try:
-        with stopping.on_signals() as stop:
+        with stopping.on_signals(worker=sweeping) as stop:
             if sweeping and sweep_stopping(cfg, parent_run_id):
                 log.info("the sweep is being stopped: this job does not start")
                 return math.nan

@@ -68,11 +68,20 @@ class StopRequest:
             raise StopRequested(self.reason)
 
 
+def left_to_the_sweep(signum, frame) -> None:
+    """A worker's SIGINT handler between its jobs: the sweep's own process, which got the
+    same Ctrl-C, stops the sweep; a KeyboardInterrupt here would land in the pool's code (a
+    joblib worker waiting for its next job or shutting down) and print its traceback."""
+
+
 @contextmanager
-def on_signals() -> Iterator[StopRequest]:
+def on_signals(worker: bool = False) -> Iterator[StopRequest]:
     """Within the block, SIGINT and SIGTERM ask the returned request to stop, and a second
     SIGINT exits the process at once (status 130); before and after it, the process's own
     handlers apply (a joblib or Ray worker goes on to other jobs as its pool expects).
+    ``worker``: the block is a sweep job; if its process raised KeyboardInterrupt on Ctrl-C
+    (Python's default: a joblib worker), it leaves Ctrl-C to the sweep afterwards
+    (:func:`left_to_the_sweep`).
 
     A SIGINT that the process ignores (started in the background by a shell) stays ignored.
     Outside the main thread, where Python delivers no signals, the block runs unguarded.
@@ -96,6 +105,8 @@ def on_signals() -> Iterator[StopRequest]:
     held_before = [h for h in previous.values() if isinstance(h, HeldSignals)]
     if held_before and held_before[0].received and not held_before[0].raising:
         request.ask(held_before[0].received[0])  # a stop that came while Hydra started
+    if worker and previous[signal.SIGINT] is signal.default_int_handler:
+        previous[signal.SIGINT] = left_to_the_sweep
     try:
         yield request
     finally:

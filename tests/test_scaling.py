@@ -97,7 +97,7 @@ def test_ray_sweep_logs_to_the_postgres_backed_server(tiny_cifar, tmp_path, trac
         best.data.tags["model_uri"].removeprefix("models:/")).artifact_location
     assert client.get_model_version_by_alias(experiment, "best").version == version.version
     # two jobs at a time: the later two found the arrays the first ones decoded
-    later = [Path(p) for p in sorted((tmp_path / "multirun").glob("*/*/[23]/*.log"))]
+    later = [Path(p) for p in sorted((tmp_path / "multirun").glob("*/*/[23]/job.log"))]
     assert len(later) == 2
     assert all("decoded arrays from the cache" in p.read_text() for p in later)
 
@@ -131,7 +131,7 @@ def test_a_killed_ray_job_is_recorded_lost_and_the_rest_complete(tiny_cifar, tmp
     assert finished.info.status == "FINISHED" and "test_accuracy" in finished.data.metrics
 
 
-def wait_for_training_job(uri, param, value, process, timeout=240):
+def wait_for_training_job(uri, param, value, process, timeout=480):
     """The child run with ``param=value`` once it has logged an epoch."""
     client = open_client(uri)  # the sweep may be creating the store right now
     deadline = time.monotonic() + timeout

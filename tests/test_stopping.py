@@ -76,6 +76,23 @@ def test_an_ignored_ctrl_c_stays_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
+
+def test_a_worker_leaves_ctrl_c_between_its_jobs_to_the_sweep():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a joblib worker's
+    try:
+        for _ in range(2):  # a job, then the next one in the same worker
+            with stopping.on_signals(worker=True) as request:
+                signal.raise_signal(signal.SIGINT)
+                assert request.reason == "Ctrl-C"  # within a job: the job's stop request
+            signal.raise_signal(signal.SIGINT)  # between jobs, or as the pool shuts it down
+            assert signal.getsignal(signal.SIGINT) is stopping.left_to_the_sweep
+        with stopping.held():  # the sweep's own process (basic launcher): its handler back
+            with stopping.on_signals(worker=True):
+                pass
+            assert isinstance(signal.getsignal(signal.SIGINT), stopping.HeldSignals)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once():
     script = ("import signal, time\n"

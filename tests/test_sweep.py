@@ -295,7 +295,7 @@ def test_a_killed_job_process_costs_that_job_alone_and_sweep_resume_continues_it
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, 11))  # each epoch logged once
     # it went on from its checkpoint (written before each epoch is logged: at least as far)
-    job_logs = "".join(p.read_text() for p in (tmp_path / "multirun").glob("*/*/1/*.log"))
+    job_logs = "".join(p.read_text() for p in (tmp_path / "multirun").glob("*/*/1/job.log"))
     (after,) = re.findall(r"continuing the interrupted run from its checkpoint after epoch (\d+)",
                           job_logs)
     assert kept <= int(after) < 10
