@@ -50,7 +50,7 @@ def main() -> None:
     meanwhile exits at once (the next resume or report ends what is left RUNNING).
     While Hydra composes the config, a signal is held: the sweep acts on it once its parent
     run is open, a single run once it starts."""
-    with stopping.held():  # until the sweep opens or the run takes them over
+    with stopping.held() as signals:  # until the sweep opens or the run takes them over
         try:
             sys.argv[1:] = with_origin(sys.argv[1:])
         except UserError as err:
@@ -61,9 +61,7 @@ def main() -> None:
             reason = str(stop) or "Ctrl-C"
             with stopping.on_signals() as winding_down:
                 winding_down.ask(reason)  # so the next Ctrl-C is the second
-                from cifar10_mlp.sweeps.callback import stop_open_sweep
-
-                line = stop_open_sweep(reason)
+                line = signals.stop_work(reason) if signals.stop_work else None
             sys.exit(line or f"cifar10-mlp: stopped by {reason} before any run started")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # how the one line printed for a stop names each signal
@@ -123,6 +123,8 @@ class HeldSignals:
     def __init__(self) -> None:
         self.received: list[str] = []
         self.raising = False
+        # what ends the work a stop met (a sweep's stop), for the entry point to call
+        self.stop_work: Callable[[str], str | None] | None = None
 
     def __call__(self, signum, frame) -> None:
         self.received.append(SIGNAL_NAMES[signum])
@@ -147,11 +149,14 @@ def held() -> Iterator[HeldSignals]:
             signal.signal(signum, before)
 
 
-def release_held() -> None:
+def release_held(stop_work: Callable[[str], str | None] | None = None) -> None:
     """From here on, a signal the process holds stops it where it is; one held already
-    does so now. Nothing happens in a process that holds none."""
+    does so now. ``stop_work`` (given the signal's name, it ends the work, say a sweep, and
+    returns the line to print) is left with the holder for the entry point that holds them
+    (:attr:`HeldSignals.stop_work`). Nothing happens in a process that holds none."""
     handler = signal.getsignal(signal.SIGTERM)
     if isinstance(handler, HeldSignals) and not handler.raising:
+        handler.stop_work = stop_work
         handler.raising = True
         if handler.received:
             raise KeyboardInterrupt(handler.received[0])

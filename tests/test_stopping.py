@@ -44,10 +44,17 @@ def test_work_that_nothing_keeps_is_cut_short_where_the_stop_lands():
 
 def test_a_sweep_holds_a_signal_while_hydra_starts_then_stops_where_it_is():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    with stopping.held():
+
+    def stop_sweep(reason):
+        return f"sweep stopped by {reason}"
+
+    with stopping.held() as signals:
+        assert signals.stop_work is None  # no sweep open: the entry point has none to end
         signal.raise_signal(signal.SIGTERM)  # while Hydra composes: nothing raised there
-        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
-            stopping.release_held()  # the sweep's parent is open: now it stops
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM") as stopped:
+            stopping.release_held(stop_work=stop_sweep)  # the sweep's parent is open: stop
+        # the entry point that holds the signals ends the sweep it was handed
+        assert signals.stop_work(str(stopped.value)) == "sweep stopped by SIGTERM"
         with pytest.raises(KeyboardInterrupt, match="Ctrl-C"):
             signal.raise_signal(signal.SIGINT)  # and from then on, where it lands
     assert {s: signal.getsignal(s) for s in before} == before

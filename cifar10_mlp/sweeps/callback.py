@@ -4,8 +4,9 @@ The parent (with the SQLite store and experiment) is created in the launching pr
 before any job starts; jobs find its id in ``launch.PARENT_RUN_ENV``, which every
 launcher's workers inherit, and open their runs as its children.
 
-A sweep stopped by Ctrl-C or SIGTERM ends through :func:`stop_open_sweep`, which the entry
-point calls: its jobs end KILLED (those that did not see the signal get SIGTERM), the
+A sweep stopped by Ctrl-C or SIGTERM ends through :meth:`SweepTracker.stop`, which the
+callback hands to the entry point with its held signals (:func:`stopping.release_held`) and
+the entry point calls: its jobs end KILLED (those that did not see the signal get SIGTERM), the
 parent ends KILLED with a partial report, and one line says how to continue it. A grid
 sweep continues with ``sweep.resume=true``; an Optuna search, by running it again.
 """
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from cifar10_mlp.sweeps.console import SweepConsole
 
 log = logging.getLogger(__name__)
-_open_sweep: SweepTracker | None = None  # the sweep this process is running, if any
 
 
 def _fails_the_sweep(hook):
@@ -71,6 +71,7 @@ class SweepTracker(Callback):
         self.n_lost = 0  # jobs whose worker process died, as their launcher reports
         self.n_unrecorded = 0  # lost jobs whose run could not be written
         self.console: SweepConsole | None = None
+        self.closed = False  # ended, by its end or a stop: nothing left for a stop to do
 
     def __getstate__(self) -> dict:
         # joblib sends the callbacks to its workers: the console stays in this process
@@ -78,7 +79,6 @@ class SweepTracker(Callback):
 
     @_fails_the_sweep
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global _open_sweep
         # imported here, not at the top: Hydra builds callbacks for every run, and a
         # single run must not import MLflow and TensorFlow before its config is checked
         from cifar10_mlp.stopping import uninterrupted
@@ -96,8 +96,8 @@ class SweepTracker(Callback):
                 f"sweep.resume=true: no interrupted sweep of these jobs in experiment "
                 f"{config.tracking.experiment!r} of {uri}"
                 + (f" (the latest, run {earlier[0]}, finished)" if earlier else ""))
-        # a Ctrl-C waits until the parent is open and known as this process's sweep: then
-        # the sweep's stop ends it KILLED, rather than leaving it RUNNING
+        # a Ctrl-C waits until the parent is open and the sweep's stop handed over: then
+        # that stop ends it KILLED, rather than leaving it RUNNING
         with uninterrupted():
             if earlier is not None:
                 self.parent_run_id = earlier[0]
@@ -111,7 +111,6 @@ class SweepTracker(Callback):
             os.environ[PARENT_RUN_ENV] = self.parent_run_id
             os.environ[SWEPT_KEYS_ENV] = ",".join(plan.swept_keys)
             self.planned, self.config = plan.planned, config
-            _open_sweep = self
             # Hydra calls on_multirun_end only when the sweep returns: a sweeper or launcher
             # that raises would leave the parent RUNNING for ever
             atexit.register(self._end_unfinished, uri, self.parent_run_id)
@@ -120,7 +119,8 @@ class SweepTracker(Callback):
         self.console = SweepConsole(uri, self.parent_run_id, len(plan.planned or ()) or
                                     config.hydra.sweeper.n_trials, config.sweep.poll_seconds
                                     ).start()
-        stopping.release_held()  # from now on a signal stops the sweep where it is
+        # from now on a signal stops the sweep where it is, and the entry point ends it
+        stopping.release_held(stop_work=self.stop)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         """A job that ended FAILED here was lost by its launcher (``cifar10-mlp`` itself turns
@@ -184,10 +184,13 @@ class SweepTracker(Callback):
         if problems:
             sys.exit("cifar10-mlp: " + "; ".join(problems))
 
-    def stop(self, reason: str) -> str:
+    def stop(self, reason: str) -> str | None:
         """End a sweep that a signal stopped: its jobs KILLED, the parent KILLED with a
-        partial report; the one line to print (what stopped, how to continue). The caller
-        ignores further signals meanwhile, so a second Ctrl-C cannot cut this short."""
+        partial report; the one line to print (what stopped, how to continue), or None if
+        the sweep had ended already. The caller ignores further signals meanwhile, so a
+        second Ctrl-C cannot cut this short."""
+        if self.closed:
+            return None
         from cifar10_mlp.sweeps import report_files
         from cifar10_mlp.tracking import sweep_runs
 
@@ -211,11 +214,10 @@ class SweepTracker(Callback):
                 "command with sweep.resume=true to continue it")
 
     def _close(self) -> None:
-        global _open_sweep
         atexit.unregister(self._end_unfinished)
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(SWEPT_KEYS_ENV, None)
-        _open_sweep = None
+        self.closed = True
 
     @staticmethod
     def _end_unfinished(uri: str, parent_run_id: str) -> None:
@@ -226,8 +228,3 @@ class SweepTracker(Callback):
         except Exception as err:  # at exit: say so, never mask how the sweep ended
             log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
 
-
-def stop_open_sweep(reason: str) -> str | None:
-    """End the sweep this process runs, if any, after Ctrl-C or SIGTERM (``reason``);
-    the line to print."""
-    return _open_sweep.stop(reason) if _open_sweep is not None else None
