@@ -13,7 +13,6 @@ import logging
 import os
 import pickle
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar10_mlp.config.schema import CIFAR10_CLASSES
+from cifar10_mlp.data import cache
 from cifar10_mlp.data.batch_pickle import BatchUnpickler, UnsafePickle
 from cifar10_mlp.errors import UserError
 
@@ -107,15 +107,16 @@ def read_cifar10(path: str | os.PathLike | None, cache_dir: str | os.PathLike | 
     digest = source_digest(path)
     cache_file = Path(cache_dir).expanduser() / f"cifar10-{digest[:16]}.npz" if cache_dir else None
     if cache_file is not None:
-        cached = _read_cache(cache_file, digest, str(path))
+        cached = cache.read(cache_file, digest, IMAGE_SHAPE)
         if cached is not None:
             log.info("decoded arrays from the cache %s", cache_file)
-            return cached
+            return Cifar10(**{**cached, "class_names": tuple(map(str, cached["class_names"]))},
+                           digest=digest, source=str(path))
     log.info("decoding the batches (sha256 %s...)", digest[:16])
     batches = dict(_iter_archive(path) if path.is_file() else _iter_folder(path))
     data = _assemble(batches, path, digest)
     if cache_file is not None:
-        _write_cache(cache_file, data)
+        cache.write(cache_file, digest, {**vars(data), "class_names": np.array(data.class_names)})
         log.info("cached the decoded arrays in %s", cache_file)
     return data
 
@@ -250,45 +251,6 @@ def _check_batch(batch: dict, where: str, per_batch: int | None
 
 def _text(name) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def _read_cache(cache_file: Path, digest: str, source: str) -> Cifar10 | None:
-    if not cache_file.exists():
-        return None
-    try:
-        with np.load(cache_file, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test",
-                                          "class_names", "digest")}
-        if str(arrays["digest"]) != digest:
-            raise ValueError("digest does not match the source")
-        for split in ("train", "test"):
-            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-            if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPE or len(x) != len(y):
-                raise ValueError(f"{split} arrays have the wrong shape or type")
-    except Exception as err:  # a cache is never trusted: any fault means rebuild
-        log.warning("ignoring unreadable cache %s (%s); decoding the source again",
-                    cache_file, err)
-        return None
-    return Cifar10(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                   tuple(str(c) for c in arrays["class_names"]), digest, source)
-
-
-def _write_cache(cache_file: Path, data: Cifar10) -> None:
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # write then rename, so a crash or a parallel run never leaves half a cache
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                         y_test=data.y_test, class_names=np.array(data.class_names),
-                         digest=np.array(data.digest))
-            os.replace(tmp, cache_file)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except OSError as err:
-        log.warning("could not write the data cache %s (%s); continuing without it",
-                    cache_file, err)
 
 
 def _read_keras() -> Cifar10:
