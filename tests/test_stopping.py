@@ -9,6 +9,15 @@ import pytest
 from cifar10_mlp import stopping
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_a_terminal_delivers_it():
+    """Python's own SIGINT handler, whatever pytest inherited: started in the background by
+    a non-interactive shell, it would ignore SIGINT, and an ignored Ctrl-C stays ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_signal_only_asks_and_the_run_stops_where_it_checks():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with stopping.on_signals() as request:
