@@ -37,18 +37,8 @@ from cifar10_mlp.config.allowed import (
 __all__ = ["ConfigError", "validate", "register_configs", "CIFAR10_CLASSES"]
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
 
 
 PREPROCESS_NAMES = ("scale", "standardize", "pixel_standardize", "zca", "pca")
