@@ -227,4 +227,3 @@ class SweepTracker(Callback):
             sweep_runs.end_unfinished(uri, parent_run_id)
         except Exception as err:  # at exit: say so, never mask how the sweep ended
             log.warning("could not close the sweep's parent run %s: %s", parent_run_id, err)
-
