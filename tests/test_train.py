@@ -70,6 +70,25 @@ def test_learning_rate_follows_the_schedule_per_epoch(tiny_cifar, tmp_path):
     np.testing.assert_allclose(history["lr"], [lr, lr / 2, lr / 4], rtol=1e-6)
 
 
+class CountValidationBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.batches.append(batch)
+
+
+def test_validation_runs_in_the_training_batch_size(tiny_cifar, tmp_path):
+    # Keras' own default (32) made long_mlp's validation a fifth of its epoch
+    cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=1",
+                          "trainer.batch_size=8"])
+    counter = CountValidationBatches()
+    _, split, _ = fit_once(cfg, callbacks=[counter])
+    assert len(split.y_val) > 8
+    assert len(counter.batches) == -(-len(split.y_val) // 8)
+
+
 class InterruptAfter(keras.callbacks.Callback):
     def __init__(self, epochs):
         super().__init__()

@@ -152,6 +152,9 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
             epochs=len(history) if stopped_early else trainer_cfg.epochs,
             initial_epoch=len(history),
             validation_data=(x_val, one_hot(split.y_val, n_classes)),
+            # the batches carry the training batch size; without this, Keras validates
+            # in batches of 32, many times slower than the run's own batch
+            validation_batch_size=trainer_cfg.batch_size,
             callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(), best_epoch,
                        checkpointer, training.epoch_setter(), *callbacks],
             verbose=trainer_cfg.verbose,
