@@ -7,8 +7,10 @@ matrix engine's rate for its own products.
     python scripts/profile_step.py experiment=best_mlp --out best.json
 
 It trains the config as ``cifar10-mlp`` does (``train.fit``, its callbacks and input
-pipeline included) for one epoch on the first --images training images of the real data,
-and traces steps --first to --first + --steps - 1 with TensorFlow's profiler. The table
+pipeline included) for two epochs on the first --images training images of the real data,
+and traces steps --first to --first + --steps - 1 of the first with TensorFlow's profiler;
+the second epoch's wall time is split into its steps, its validation and its epoch-end
+callbacks. The table
 shares the traced steps' wall time out among the parts of a step
 (``cifar10_mlp.training.step_profile``). Then the step's own matrix products (forward and backward,
 its layer shapes, batch and precision) are timed alone, in the same invocation: the
@@ -36,13 +38,14 @@ from cifar10_mlp.training import step_profile
 
 
 def profile(overrides: list[str], images: int, first: int, steps: int) -> dict:
-    """Train one epoch of the composed config, tracing ``steps`` steps; the step's parts."""
+    """Train two epochs of the composed config, tracing ``steps`` steps of the first;
+    the step's parts and the second epoch's."""
     import keras
 
     from cifar10_mlp.data import archive, preprocess
     from cifar10_mlp.training import model, runtime, train
 
-    cfg = compose([f"data.train_limit={images}", "trainer.epochs=1", "trainer.verbose=0",
+    cfg = compose([f"data.train_limit={images}", "trainer.epochs=2", "trainer.verbose=0",
                    *overrides])
     if cfg.trainer.jit_compile:
         raise SystemExit("trainer.jit_compile=true: the whole step would be one XLA program, "
@@ -71,11 +74,12 @@ def profile(overrides: list[str], images: int, first: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tracer = step_profile.StepTracer(Path(tmp) / "trace", first, steps)
+        epochs = step_profile.EpochSplit()
         for name, method in timed.items():  # the time Keras spends in per-batch callbacks
             setattr(keras.callbacks.CallbackList, name, timing(method))
         try:
             train.fit(mlp, split, cfg.trainer, cfg.optimizer, cfg.schedule, cfg.augment,
-                      cfg.seed, Path(tmp) / "checkpoint", callbacks=[tracer])
+                      cfg.seed, Path(tmp) / "checkpoint", callbacks=[tracer, epochs])
         finally:
             for name, method in timed.items():
                 setattr(keras.callbacks.CallbackList, name, method)
@@ -95,7 +99,8 @@ def profile(overrides: list[str], images: int, first: int, steps: int) -> dict:
             "products_gflop": flops / 1e9,
             "achieved_gflops": flops / step_seconds / 1e9,
             "own_shapes_gflops": flops / alone / 1e9,
-            "of_own_shapes_rate": alone / step_seconds}
+            "of_own_shapes_rate": alone / step_seconds,
+            "second_epoch_seconds": epochs.epochs[-1]}
 
 
 def print_profile(result: dict) -> None:
@@ -111,6 +116,10 @@ def print_profile(result: dict) -> None:
           f"({result['products_gflop']:.1f} GFLOP at {result['own_shapes_gflops']:.0f} GFLOP/s, "
           f"the rate of its own shapes); the step achieves {result['achieved_gflops']:.0f} "
           f"GFLOP/s: **{result['of_own_shapes_rate']:.0%}** of that rate")
+    epoch = result["second_epoch_seconds"]
+    parts = ", ".join(f"{part} {seconds:.2f} s ({seconds / epoch['epoch']:.0%})"
+                      for part, seconds in epoch.items() if part != "epoch")
+    print(f"\nits second epoch, {epoch['epoch']:.2f} s: {parts}")
 
 
 def main() -> None:

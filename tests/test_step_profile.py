@@ -110,6 +110,11 @@ def test_profile_step_shares_out_a_real_step_and_rates_it_by_its_own_shapes(tiny
     assert result["of_own_shapes_rate"] == pytest.approx(
         result["products_alone_ms"] / result["step_ms"])
     assert f"| **whole step** | **{result['step_ms']:.1f}** | 100% |" in done.stdout
+    epoch = result["second_epoch_seconds"]
+    assert epoch["epoch"] == pytest.approx(
+        epoch["training steps"] + epoch["validation"] + epoch["epoch-end callbacks"])
+    assert epoch["validation"] > 0  # its hooks were called
+    assert f"its second epoch, {epoch['epoch']:.2f} s: training steps" in done.stdout
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(tiny_cifar.archive), "--images", "100",
          "--first", "20", f"data.cache_dir={tmp_path / 'cache'}"],

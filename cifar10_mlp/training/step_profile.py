@@ -197,6 +197,35 @@ class StepTracer(keras.callbacks.Callback):
             tf.profiler.experimental.stop()
 
 
+class EpochSplit(keras.callbacks.Callback):
+    """Each epoch's wall time split into its training steps, its validation and the
+    epoch-end work of the callbacks listed before this one (early-stopping copy,
+    checkpoint, logs); list it last. ``epochs`` holds one dict of seconds per epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[dict[str, float]] = []
+        self._marks: dict[str, float] = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._marks = {"begin": time.perf_counter()}
+
+    def on_test_begin(self, logs=None):
+        self._marks["validation"] = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._marks["callbacks"] = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = time.perf_counter()
+        validation = self._marks.get("validation", end)
+        callbacks = self._marks.get("callbacks", end)
+        self.epochs.append({"training steps": validation - self._marks["begin"],
+                            "validation": callbacks - validation,
+                            "epoch-end callbacks": end - callbacks,
+                            "epoch": end - self._marks["begin"]})
+
+
 def dense_products(model: keras.Model, batch: int) -> list[tuple[str, int, int, int, str]]:
     """The matrix products of one training step of ``model`` at ``batch`` images, as
     (kind, batch, inputs, units, dtype) rows, per trainable Dense layer: ``forward``
