@@ -75,6 +75,10 @@ def preset(name: str, path: str, cache: str, workdir: Path, peaks: dict[str, flo
             "train_reference_minutes": reference_minutes(metrics["time_train_seconds"],
                                                          min(rates)),
             "epochs": len(elapsed),
+            # the epochs' spread shows load the rates read at the two ends cannot see
+            "epoch_seconds_median_min_max": (float(np.median(result["epoch_seconds"])),
+                                             min(result["epoch_seconds"]),
+                                             max(result["epoch_seconds"])),
             "best_val_accuracy": best,
             "seconds_to_99pct_of_best_val": float(elapsed[reached]),
             "gflops": achieved, "precision": precision,
@@ -159,15 +163,17 @@ def print_table(report: dict) -> None:
         print_parts(report)
     if report["presets"]:
         print("\n| preset | test accuracy | without TTA | training s | reference minutes "
-              "| numpy GFLOP/s before, after | epochs | s to 99% of best val | GFLOP/s "
-              "| of peak | of its products' rate |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| numpy GFLOP/s before, after | epochs | epoch s: median (min-max) "
+              "| s to 99% of best val | GFLOP/s | of peak | of its products' rate |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, p in report["presets"].items():
             plain = p["test_accuracy_without_tta"]
             rates = ", ".join(f"{r:.0f}" for r in p["numpy_float32_gflops_before_after"])
+            median, fastest, slowest = p["epoch_seconds_median_min_max"]
             print(f"| {name} | {p['test_accuracy']:.4f} | "
                   f"{'-' if plain is None else f'{plain:.4f}'} | {p['train_seconds']:.0f} | "
                   f"{p['train_reference_minutes']:.2f} | {rates} | {p['epochs']} | "
+                  f"{median:.2f} ({fastest:.2f}-{slowest:.2f}) | "
                   f"{p['seconds_to_99pct_of_best_val']:.0f} | {p['gflops']:.1f} | "
                   f"{p['ratio_to_peak']:.0%} | {p['of_own_shapes_rate']:.0%} |")
 

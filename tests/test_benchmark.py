@@ -46,6 +46,9 @@ def test_benchmark_measures_every_part_and_writes_json(tiny_cifar, tmp_path):
     assert default["of_own_shapes_rate"] == pytest.approx(
         default["gflops"] / default["own_shapes_gflops"])
     assert 1 <= default["epochs"] <= 20
+    median, fastest, slowest = fast["epoch_seconds_median_min_max"]
+    assert 0 < fastest <= median <= slowest < fast["train_seconds"]
+    assert f"| 8 | {median:.2f} ({fastest:.2f}-{slowest:.2f}) |" in done.stdout
     assert fast["epochs"] == 8 and 0 <= fast["test_accuracy"] <= 1 and fast["gflops"] > 0
     assert "| hidden | batch | precision | params | samples/s | GFLOP/s | of peak |" in done.stdout
     assert "| fast_mlp |" in done.stdout
