@@ -30,6 +30,7 @@ from cifar10_mlp.errors import UserError  # noqa: E402
 from cifar10_mlp.sweeps.launch import (  # noqa: E402
     JOB_LOG,
     PARENT_RUN_ENV,
+    composing_config,
     earlier_run,
     fill_launch_settings,
     job_output_to,
@@ -50,7 +51,8 @@ def main() -> None:
     meanwhile exits at once (the next resume or report ends what is left RUNNING).
     While Hydra composes the config, a signal is held: the sweep acts on it once its parent
     run is open, a single run once it starts."""
-    with stopping.held() as signals:  # until the sweep opens or the run takes them over
+    # until the sweep opens or the run takes them over
+    with stopping.held(defer_in=composing_config) as signals:
         try:
             sys.argv[1:] = with_origin(sys.argv[1:])
         except UserError as err:

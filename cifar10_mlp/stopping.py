@@ -21,6 +21,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 # how the one line printed for a stop names each signal
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
@@ -103,8 +104,11 @@ def on_signals(worker: bool = False) -> Iterator[StopRequest]:
         if handler is not signal.SIG_IGN or signum != signal.SIGINT:
             signal.signal(signum, handle)
     held_before = [h for h in previous.values() if isinstance(h, HeldSignals)]
-    if held_before and held_before[0].received and not held_before[0].raising:
-        request.ask(held_before[0].received[0])  # a stop that came while Hydra started
+    if held_before and held_before[0].received and (not held_before[0].raising
+                                                    or held_before[0].deferred):
+        # a stop that came while Hydra started, or composed this job (in-process launcher)
+        held_before[0].deferred = False
+        request.ask(held_before[0].received[0])
     if worker and previous[signal.SIGINT] is signal.default_int_handler:
         previous[signal.SIGINT] = left_to_the_sweep
     try:
@@ -114,30 +118,64 @@ def on_signals(worker: bool = False) -> Iterator[StopRequest]:
             signal.signal(signum, handler)
 
 
-class HeldSignals:
+RETRY_S = 0.05  # how soon a stop that met code it must not land in is delivered again
+
+
+class Interrupter:
+    """A signal handler that stops the process where it is, with a KeyboardInterrupt, but
+    not where ``defer_in(frame)`` says it must not land (code that turns it into another
+    error, such as Hydra's config composition): there the signal is delivered to it again
+    :data:`RETRY_S` later, until it lands elsewhere. ``None``: it lands anywhere."""
+
+    def __init__(self, defer_in: Callable[[FrameType], bool] | None = None) -> None:
+        self.defer_in = defer_in
+        self.deferred = False  # a stop met such code and comes again
+
+    def interrupt(self, signum: int, frame: FrameType | None, name: str) -> None:
+        """Raise ``KeyboardInterrupt(name)`` in ``frame``, or, where it must not land, come
+        again (if this is still the process's handler for ``signum`` then)."""
+        if frame is not None and self.defer_in is not None and self.defer_in(frame):
+            self.deferred = True
+            timer = threading.Timer(RETRY_S, self._again, (signum,))
+            timer.daemon = True
+            timer.start()
+            return
+        self.deferred = False
+        raise KeyboardInterrupt(name)
+
+    def _again(self, signum: int) -> None:
+        if self.deferred and signal.getsignal(signum) is self:
+            signal.pthread_kill(threading.main_thread().ident, signum)
+
+
+class HeldSignals(Interrupter):
     """The signal handler of a sweep's own process: it holds SIGINT and SIGTERM while Hydra
     composes the config (a KeyboardInterrupt inside OmegaConf turns into a config error and
     no clean stop), then, once :func:`release_held` is called, raises KeyboardInterrupt
-    (named by the signal) where the process is, which stops the sweep as a whole."""
+    (named by the signal) where the process is, except where ``defer_in`` says (see
+    :class:`Interrupter`), which stops the sweep as a whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer_in: Callable[[FrameType], bool] | None = None) -> None:
+        super().__init__(defer_in)
         self.received: list[str] = []
         self.raising = False
         # what ends the work a stop met (a sweep's stop), for the entry point to call
         self.stop_work: Callable[[str], str | None] | None = None
 
     def __call__(self, signum, frame) -> None:
-        self.received.append(SIGNAL_NAMES[signum])
+        if not self.deferred:
+            self.received.append(SIGNAL_NAMES[signum])
         if self.raising:
-            raise KeyboardInterrupt(SIGNAL_NAMES[signum])
+            self.interrupt(signum, frame, SIGNAL_NAMES[signum])
 
 
 @contextmanager
-def held() -> Iterator[HeldSignals]:
+def held(defer_in: Callable[[FrameType], bool] | None = None) -> Iterator[HeldSignals]:
     """Within the block, SIGINT (unless ignored) and SIGTERM are held by a
-    :class:`HeldSignals`, until :func:`release_held` or a run's :func:`on_signals` takes
-    them; afterwards the process's own handlers are back."""
-    handler = HeldSignals()
+    :class:`HeldSignals` (``defer_in``: where, once released, a stop must not land), until
+    :func:`release_held` or a run's :func:`on_signals` takes them; afterwards the process's
+    own handlers are back."""
+    handler = HeldSignals(defer_in)
     previous = {signum: signal.getsignal(signum) for signum in SIGNAL_NAMES}
     for signum, before in previous.items():
         if before is not signal.SIG_IGN or signum != signal.SIGINT:

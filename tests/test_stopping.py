@@ -1,8 +1,12 @@
 """Ctrl-C and SIGTERM are requests that a run acts on where stopping is safe."""
 
+import os
+import random
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -67,6 +71,65 @@ def test_a_sweep_holds_a_signal_while_hydra_starts_then_stops_where_it_is():
         with pytest.raises(KeyboardInterrupt, match="Ctrl-C"):
             signal.raise_signal(signal.SIGINT)  # and from then on, where it lands
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_released_stop_waits_while_it_would_land_where_it_must_not():
+    composing = True  # what the process is doing, as the handler's predicate sees it
+    with stopping.held(defer_in=lambda frame: composing):
+        stopping.release_held()
+        signal.raise_signal(signal.SIGTERM)  # lands "inside": not raised there
+        time.sleep(5 * stopping.RETRY_S)  # delivered again meanwhile, still inside
+        composing = False
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            time.sleep(50 * stopping.RETRY_S)  # delivered again, outside: the stop lands
+            pytest.fail("the stop never came")
+        time.sleep(3 * stopping.RETRY_S)  # and once only
+
+
+def test_a_stop_lands_outside_hydras_config_composition():
+    """Hydra's config loader and OmegaConf turn a KeyboardInterrupt that meets them
+    mid-update into a config error: a sweep stopped there ended in a traceback."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from cifar10_mlp.config import schema
+    from cifar10_mlp.sweeps.launch import composing_config
+
+    schema.register_configs()
+    rng = random.Random(0)
+    with initialize_config_module("cifar10_mlp.conf", version_base="1.3"), \
+            stopping.held(defer_in=composing_config):
+        loader = GlobalHydra.instance().config_loader()
+        sweep = loader.load_configuration("config", [], RunMode.MULTIRUN)
+        stopping.release_held()
+        for _ in range(8):
+            stop = threading.Timer(rng.uniform(0.0, 0.1), os.kill,
+                                   (os.getpid(), signal.SIGTERM))
+            with pytest.raises(KeyboardInterrupt, match="SIGTERM") as stopped:
+                stop.start()
+                for _ in range(3):  # a launcher composes its jobs' configs, then waits
+                    loader.load_sweep_config(sweep, ["model.hidden=[32]"])
+                time.sleep(30)
+            stop.join()
+            # the code the stop met, from this test down to the signal handler
+            met, frame = [], stopped.tb
+            while frame.tb_frame.f_code.co_filename != stopping.__file__:
+                met.append(frame.tb_frame.f_globals["__name__"].partition(".")[0])
+                frame = frame.tb_next
+            assert not {"hydra", "omegaconf", "yaml", "antlr4"} & set(met), met
+
+
+def test_a_run_takes_over_a_stop_that_waited_for_its_config():
+    # an in-process launcher composes the job's config, then the job takes over signals
+    with stopping.held(defer_in=lambda frame: True):
+        stopping.release_held()
+        signal.raise_signal(signal.SIGTERM)
+        with stopping.on_signals() as request, pytest.raises(stopping.StopRequested,
+                                                             match="SIGTERM"):
+            time.sleep(3 * stopping.RETRY_S)  # no KeyboardInterrupt: the run's request
+            request.check()
+        time.sleep(3 * stopping.RETRY_S)  # taken over: not delivered again
 
 
 def test_a_run_takes_over_a_stop_held_while_hydra_started():

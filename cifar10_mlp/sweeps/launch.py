@@ -19,8 +19,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import (
@@ -130,6 +132,18 @@ def sweep_stopping(cfg: DictConfig, parent_run_id: str | None) -> bool:
     from cifar10_mlp.tracking.sweep_runs import stopping
 
     return stopping(cfg.tracking.uri, parent_run_id)
+
+
+def composing_config(frame: FrameType) -> bool:
+    """Whether ``frame`` or one of its callers runs OmegaConf, or a Hydra config loader (its
+    composition calls other libraries too): where a KeyboardInterrupt, met mid-update, turns
+    into a config error, so a stop must not land there (``stopping.Interrupter``)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] == "omegaconf" or \
+                isinstance(frame.f_locals.get("self"), ConfigLoader):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class JobLauncher(Launcher):

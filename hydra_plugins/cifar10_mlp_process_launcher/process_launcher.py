@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from cifar10_mlp import stopping
 from cifar10_mlp.sweeps.launch import (
     JobLauncher,
+    composing_config,
     job_config,
     jobs_at_once,
     report_lost_job,
@@ -205,14 +206,16 @@ def job_process_main(job: bytes, result_fd: int, keep_ignoring: bool) -> None:
         os._exit(status)
 
 
-class StopBeforeJob:
+class StopBeforeJob(stopping.Interrupter):
     """A job process's SIGINT / SIGTERM handler until its job takes over signals: a
-    KeyboardInterrupt, while armed. Disarmed as the process ends, so that a stop arriving
-    while it restores the handlers cannot raise there (a traceback, and no clean exit)."""
+    KeyboardInterrupt, while armed (not inside OmegaConf, as Hydra sets the job up).
+    Disarmed as the process ends, so that a stop arriving while it restores the handlers
+    cannot raise there (a traceback, and no clean exit)."""
 
     def __init__(self) -> None:
+        super().__init__(defer_in=composing_config)
         self.armed = True
 
     def __call__(self, signum, frame) -> None:
         if self.armed:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            self.interrupt(signum, frame, signal.Signals(signum).name)
