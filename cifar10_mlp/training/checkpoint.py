@@ -12,18 +12,24 @@ from pathlib import Path
 import keras
 import numpy as np
 
-LAST, BEST, STATE = "last.npz", "best.npz", "state.json"
+STATE = "state.json"
+# each array file (arrays one after another, as np.save writes them) has two slots,
+# written in turn: the one being overwritten is never the one state.json names. Writing
+# into memory and files that exist already spares the kernel the page faults that cost
+# seconds of an epoch with fresh ones (docs/performance.md)
+SLOTS = {"last": ("last-0.arrays", "last-1.arrays"), "best": ("best-0.arrays", "best-1.arrays")}
 
 
 class Checkpointer(keras.callbacks.Callback):
     """After every epoch, saves the run's state in ``folder``.
 
-    ``last.npz`` holds the model's weights, its random generators' states and the
-    optimizer's variables, ``best.npz`` the weights of the best epoch so far
-    (``stopping.best_weights``), ``state.json`` the per-epoch logs and the early-stopping
-    state. The epoch's values are taken at its end (TensorFlow tensors do not change when
-    their variables move on) and written by a thread while the next epoch trains, each
-    file whole and then renamed, so an interruption leaves the previous epoch's
+    ``last`` holds the model's weights, its random generators' states and the optimizer's
+    variables, ``best`` the weights of the best epoch so far (``stopping.best_weights``),
+    ``state.json`` the per-epoch logs, the early-stopping state and which slot
+    (:data:`SLOTS`) holds each. The epoch's values are copied at its end (into arrays kept
+    from epoch to epoch) and written by a thread while the next epoch trains: the arrays
+    into the slots ``state.json`` does not name, then
+    ``state.json`` whole and renamed, so an interruption leaves the previous epoch's
     checkpoint intact. The next epoch's checkpoint, and the end of training, wait for the
     write; a failed write is raised then.
 
@@ -41,6 +47,9 @@ class Checkpointer(keras.callbacks.Callback):
         self.saved = saved
         self._writer: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._last: list[np.ndarray] | None = None  # the epoch's values, for the writer
+        # the slots the checkpoint on disk (a resumed run's) uses
+        self._files = dict((read_checkpoint(folder) or {}).get("files", {}))
 
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
@@ -50,10 +59,15 @@ class Checkpointer(keras.callbacks.Callback):
                  "early_stopping": {"best": float(self.stopping.best),
                                     "best_epoch": self.stopping.best_epoch,
                                     "wait": self.stopping.wait}}
-        last = [tf.identity(v.value) for v in _saved_variables(self.model)]
         best = self.stopping.best_weights if self.stopping.best_epoch == epoch else None
-        self.wait()
-        self._writer = threading.Thread(target=self._write, args=(last, best, state),
+        self.wait()  # the writer is done with the arrays
+        # np.asarray of a tensor is a view; tf.identity reads the variable without a copy
+        values = [np.asarray(tf.identity(v.value)) for v in _saved_variables(self.model)]
+        if self._last is None:
+            self._last = [np.empty_like(value) for value in values]
+        for kept, value in zip(self._last, values, strict=True):
+            np.copyto(kept, value)
+        self._writer = threading.Thread(target=self._write, args=(self._last, best, state),
                                         name="checkpoint-writer")
         self._writer.start()
 
@@ -73,14 +87,23 @@ class Checkpointer(keras.callbacks.Callback):
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if best is not None:
-                _replace(self.folder / BEST, lambda tmp: np.savez(tmp, *best))
-            _replace(self.folder / LAST,
-                     lambda tmp: np.savez(tmp, *(tensor.numpy() for tensor in last)))
-            _replace(self.folder / STATE, lambda tmp: Path(tmp).write_text(json.dumps(state)))
+                save_arrays(self.folder / self._next_slot("best"), best)
+            save_arrays(self.folder / self._next_slot("last"), last)
+            state["files"] = dict(self._files)
+            tmp = self.folder / f".{STATE}.tmp"
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.folder / STATE)
             if self.saved is not None:
                 self.saved(state["epochs_done"], state["history"][-1])
         except BaseException as failure:  # handed to the training thread by wait()
             self._failure = failure
+
+
+    def _next_slot(self, kind: str) -> str:
+        """The slot of ``kind`` that the checkpoint on disk does not use, from now on its."""
+        first, second = SLOTS[kind]
+        self._files[kind] = second if self._files.get(kind) == first else first
+        return self._files[kind]
 
 
 def read_checkpoint(folder: Path) -> dict | None:
@@ -95,19 +118,35 @@ def restore(model: keras.Model, folder: Path) -> list[np.ndarray]:
     """Put the checkpoint's weights and optimizer state back into ``model`` (compiled, its
     optimizer built); return the best epoch's weights."""
     variables = _saved_variables(model)
-    saved = load_arrays(folder / LAST)
+    # a checkpoint written before the slots had one file of each
+    files = read_checkpoint(folder).get("files", {"last": "last.npz", "best": "best.npz"})
+    saved = load_arrays(folder / files["last"])
     if [tuple(v.shape) for v in variables] != [a.shape for a in saved]:
         raise ValueError(f"the checkpoint in {folder} was saved from another model or "
                          "optimizer; remove it to start over")
     for variable, value in zip(variables, saved, strict=True):
         variable.assign(value)
-    return load_arrays(folder / BEST)
+    return load_arrays(folder / files["best"])
+
+
+def save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    """Write ``arrays`` one after another into ``path`` (overwritten in place)."""
+    with open(path, "wb") as file:
+        for array in arrays:
+            np.save(file, array)  # straight from the array's memory: no copy
 
 
 def load_arrays(path: Path) -> list[np.ndarray]:
-    """The arrays ``np.savez`` wrote, in their order."""
-    with np.load(path) as arrays:
-        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    """The arrays :func:`save_arrays` wrote, in their order (or ``np.savez``, before the
+    slots)."""
+    if path.suffix == ".npz":
+        with np.load(path) as arrays:
+            return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    arrays, size = [], path.stat().st_size
+    with open(path, "rb") as file:
+        while file.tell() < size:
+            arrays.append(np.load(file))
+    return arrays
 
 
 def _saved_variables(model: keras.Model) -> list:
@@ -115,8 +154,3 @@ def _saved_variables(model: keras.Model) -> list:
     # augmentation), so a resumed run draws what it would have drawn
     return [*model.variables, *model.optimizer.variables]
 
-
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(str(tmp))
-    os.replace(tmp, path)
