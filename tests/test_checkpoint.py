@@ -136,6 +136,9 @@ def test_a_checkpoint_written_before_the_slots_is_restored(tmp_path):
     np.testing.assert_array_equal(best[0], model.get_weights()[0])
     saver = checkpoint.Checkpointer(tmp_path, Stopping(model.get_weights()), [])
     saver.set_model(fresh)  # and it goes on in the slots
-    saver.on_epoch_end(1, {"loss": 0.9})
+    saver.on_epoch_end(1, {"loss": 0.9})  # not the best epoch: its best stays in best.npz
     saver.wait()
     assert checkpoint.read_checkpoint(tmp_path)["files"]["last"] in checkpoint.SLOTS["last"]
+    again = compiled_model()
+    np.testing.assert_array_equal(checkpoint.restore(again, tmp_path)[0],
+                                  model.get_weights()[0])

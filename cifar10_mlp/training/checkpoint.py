@@ -18,6 +18,8 @@ STATE = "state.json"
 # into memory and files that exist already spares the kernel the page faults that cost
 # seconds of an epoch with fresh ones (docs/performance.md)
 SLOTS = {"last": ("last-0.arrays", "last-1.arrays"), "best": ("best-0.arrays", "best-1.arrays")}
+# a checkpoint written before the slots had one np.savez file of each
+BEFORE_SLOTS = {"last": "last.npz", "best": "best.npz"}
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -48,8 +50,9 @@ class Checkpointer(keras.callbacks.Callback):
         self._writer: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._last: list[np.ndarray] | None = None  # the epoch's values, for the writer
-        # the slots the checkpoint on disk (a resumed run's) uses
-        self._files = dict((read_checkpoint(folder) or {}).get("files", {}))
+        # the files the checkpoint on disk (a resumed run's) uses
+        carried = read_checkpoint(folder)
+        self._files = dict(carried.get("files", BEFORE_SLOTS)) if carried else {}
 
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
@@ -86,24 +89,26 @@ class Checkpointer(keras.callbacks.Callback):
     def _write(self, last, best, state) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            if best is not None:
-                save_arrays(self.folder / self._next_slot("best"), best)
-            save_arrays(self.folder / self._next_slot("last"), last)
-            state["files"] = dict(self._files)
+            files = dict(self._files)
+            for kind, arrays in (("best", best), ("last", last)):
+                if arrays is not None:
+                    files[kind] = _other_slot(kind, self._files.get(kind))
+                    save_arrays(self.folder / files[kind], arrays)
+            state["files"] = files
             tmp = self.folder / f".{STATE}.tmp"
             tmp.write_text(json.dumps(state))
             os.replace(tmp, self.folder / STATE)
+            self._files = files
             if self.saved is not None:
                 self.saved(state["epochs_done"], state["history"][-1])
         except BaseException as failure:  # handed to the training thread by wait()
             self._failure = failure
 
 
-    def _next_slot(self, kind: str) -> str:
-        """The slot of ``kind`` that the checkpoint on disk does not use, from now on its."""
-        first, second = SLOTS[kind]
-        self._files[kind] = second if self._files.get(kind) == first else first
-        return self._files[kind]
+def _other_slot(kind: str, in_use: str | None) -> str:
+    """The slot of ``kind`` that the checkpoint on disk does not use."""
+    first, second = SLOTS[kind]
+    return second if in_use == first else first
 
 
 def read_checkpoint(folder: Path) -> dict | None:
@@ -118,8 +123,7 @@ def restore(model: keras.Model, folder: Path) -> list[np.ndarray]:
     """Put the checkpoint's weights and optimizer state back into ``model`` (compiled, its
     optimizer built); return the best epoch's weights."""
     variables = _saved_variables(model)
-    # a checkpoint written before the slots had one file of each
-    files = read_checkpoint(folder).get("files", {"last": "last.npz", "best": "best.npz"})
+    files = read_checkpoint(folder).get("files", BEFORE_SLOTS)
     saved = load_arrays(folder / files["last"])
     if [tuple(v.shape) for v in variables] != [a.shape for a in saved]:
         raise ValueError(f"the checkpoint in {folder} was saved from another model or "
