@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 from omegaconf import OmegaConf
 
 from cifar10_mlp.data.batches import TrainingBatches, cutmix, mixup
+from cifar10_mlp.training import train
 
 N, SIZE = 24, 32
 
@@ -101,7 +103,7 @@ def test_cutmix_pastes_a_box_and_weights_labels_by_its_area(data):
                                rtol=1e-6)
 
 
-def test_batches_repeat_for_the_same_seed_epoch_and_index_and_follow_fits_epoch(data):
+def test_batches_repeat_for_the_same_seed_epoch_and_index_and_come_epoch_by_epoch(data):
     images, labels = data
     cfg = augment(flip="alternating", crop_padding=2, mixup_alpha=0.2, cutmix_alpha=1.0)
     first = TrainingBatches(images, labels, 8, cfg, seed=7)
@@ -111,7 +113,24 @@ def test_batches_repeat_for_the_same_seed_epoch_and_index_and_follow_fits_epoch(
         for a, b in zip(first.batch(epoch, index), again.batch(epoch, index), strict=True):
             np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first.batch(0, 0)[0], other.batch(0, 0)[0])
-    # fit() tells the batches its epoch, a resumed run's first one included
-    setter = again.epoch_setter()
-    setter.on_epoch_begin(5)
-    np.testing.assert_array_equal(again[1][0], first.batch(5, 1)[0])
+    # a run's batches, a resumed run's from its first epoch on, one epoch after another
+    stream = list(again.epochs(4, 6))
+    assert len(stream) == 2 * len(again)
+    for position, (epoch, index) in enumerate((e, i) for e in (4, 5) for i in range(len(again))):
+        np.testing.assert_array_equal(stream[position][0], first.batch(epoch, index)[0])
+        np.testing.assert_array_equal(stream[position][1], first.batch(epoch, index)[1])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, tf.bfloat16.as_numpy_dtype],
+                         ids=["images", "whitened", "whitened-bfloat16"])
+def test_the_training_stream_holds_the_runs_batches_in_order(data, dtype):
+    images, labels = data
+    training = TrainingBatches(images.astype(dtype), labels, 10,
+                               augment(crop_padding=2, mixup_alpha=0.4), seed=1)
+    stream = [(x.numpy(), y.numpy()) for x, y in train.training_stream(training, 2, 4)]
+    expected = list(training.epochs(2, 4))  # a run resumed at epoch 2 of 4
+    assert len(stream) == len(expected) == 2 * len(training)
+    for (x, y), (want_x, want_y) in zip(stream, expected, strict=True):
+        assert x.dtype == dtype
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(y, want_y)

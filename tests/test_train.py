@@ -7,7 +7,7 @@ import pytest
 from conftest import OPTION_VARIANTS, compose_config, tiny_overrides
 
 from cifar10_mlp import stopping
-from cifar10_mlp.data import archive, preprocess
+from cifar10_mlp.data import archive, batches, preprocess
 from cifar10_mlp.training import checkpoint, evaluate, model, train
 
 # every test here fits a model for epochs
@@ -77,6 +77,23 @@ class CountValidationBatches(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch, logs=None):
         self.batches.append(batch)
+
+
+def test_a_fit_draws_its_batches_from_one_stream_over_its_epochs(tiny_cifar, tmp_path,
+                                                                 monkeypatch):
+    # a stream per epoch cost seconds an epoch while TensorFlow tore its iterator down
+    streams = []
+    every_batch = batches.TrainingBatches.epochs
+
+    def recorded(self, first, stop):
+        streams.append((first, stop))
+        yield from every_batch(self, first, stop)
+
+    monkeypatch.setattr(batches.TrainingBatches, "epochs", recorded)
+    cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), "trainer.epochs=3"])
+    _, _, history = fit_once(cfg)
+    assert streams == [(0, 3)]
+    assert len(history["loss"]) == 3
 
 
 def test_validation_runs_in_the_training_batch_size(tiny_cifar, tmp_path):

@@ -13,17 +13,16 @@ shuffling draws from TensorFlow's global generator, which a checkpoint cannot re
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
-import keras
 import numpy as np
 
 
-class TrainingBatches(keras.utils.PyDataset):
+class TrainingBatches:
     """(images, soft one-hot labels) batches of a shuffled training set, per epoch."""
 
     def __init__(self, x: np.ndarray, y_one_hot: np.ndarray, batch_size: int, augment_cfg,
                  seed: int):
-        super().__init__()
         self.cfg = augment_cfg
         self.x, self.y = x, y_one_hot
         self.batch_size = batch_size
@@ -34,17 +33,10 @@ class TrainingBatches(keras.utils.PyDataset):
                        if pad else x)
         # alternating flips: each image starts flipped or not at random, then alternates
         self.flip_phase = np.random.default_rng([seed, 1]).integers(0, 2, len(x)).astype(bool)
-        self.epoch = 0  # set by epoch_setter(): Keras calls on_epoch_end once more than epochs
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
-
-    def epoch_setter(self) -> keras.callbacks.Callback:
-        """The callback that tells these batches which epoch fit() is in (a resumed run's
-        first epoch included)."""
-        return keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs=None: setattr(self, "epoch", epoch))
 
     def order(self, epoch: int) -> np.ndarray:
         """The shuffled order of the training images in ``epoch`` (drawn once per epoch)."""
@@ -53,8 +45,11 @@ class TrainingBatches(keras.utils.PyDataset):
                 len(self.x)))
         return self._order[1]
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.batch(self.epoch, index)
+    def epochs(self, first: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every batch of epochs ``first`` to ``stop - 1``, one epoch after another."""
+        for epoch in range(first, stop):
+            for index in range(len(self)):
+                yield self.batch(epoch, index)
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``index`` of ``epoch``."""

@@ -16,6 +16,8 @@ from cifar10_mlp.data.archive import DataSplit
 from cifar10_mlp.errors import UserError
 from cifar10_mlp.training import checkpoint, optim
 
+PREFETCHED_BATCHES = 2  # enough to hide a batch's augmentation behind a step
+
 
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds ``lr``, the learning rate of each epoch's last step, to the epoch's logs."""
@@ -144,24 +146,55 @@ def fit(model: keras.Model, split: DataSplit, trainer_cfg, optimizer_cfg, schedu
     # a run stopped after its early-stopping epoch (testing it, say) trains no further
     stopped_early = bool(state) and stopping.patience is not None and \
         state["early_stopping"]["wait"] >= stopping.patience
+    epochs = len(history) if stopped_early else trainer_cfg.epochs
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, best_epoch, history, log_epoch)
     try:
         trained.fit(
-            training,
-            shuffle=False,  # in the batches' own order: Keras would reorder them at random
-            epochs=len(history) if stopped_early else trainer_cfg.epochs,
+            training_stream(training, len(history), epochs),
+            steps_per_epoch=len(training),
+            shuffle=False,  # the stream is in its own order (True would only warn)
+            epochs=epochs,
             initial_epoch=len(history),
-            validation_data=(x_val, one_hot(split.y_val, n_classes)),
-            # the batches carry the training batch size; without this, Keras validates
-            # in batches of 32, many times slower than the run's own batch
-            validation_batch_size=trainer_cfg.batch_size,
+            # in the run's batch size: Keras' default (32) is many times slower
+            validation_data=validation_stream(x_val, one_hot(split.y_val, n_classes),
+                                              trainer_cfg.batch_size),
             callbacks=[LearningRateLogger(schedule), StopOnDivergence(), EpochTimer(), best_epoch,
-                       checkpointer, training.epoch_setter(), *callbacks],
+                       checkpointer, *callbacks],
             verbose=trainer_cfg.verbose,
         )
     finally:  # an interrupted run's last checkpoint is on disk when fit() is left
         checkpointer.wait()
     return {key: [epoch[key] for epoch in history] for key in history[0]} if history else {}
+
+
+def training_stream(training: batches.TrainingBatches, first_epoch: int, epochs: int):
+    """The batches of epochs ``first_epoch`` to ``epochs - 1`` as one ``tf.data`` stream,
+    the next batches prepared while a step trains (one stream for all of fit(): Keras
+    makes a dataset of one epoch a new iterator every epoch)."""
+    import tensorflow as tf
+
+    signature = (tf.TensorSpec((None, *training.x.shape[1:]), tf.as_dtype(training.x.dtype)),
+                 tf.TensorSpec((None, training.y.shape[1]), tf.float32))
+    return _untuned(tf.data.Dataset.from_generator(
+        lambda: training.epochs(first_epoch, epochs), output_signature=signature))
+
+
+def validation_stream(x: np.ndarray, y_one_hot: np.ndarray, batch_size: int):
+    """The validation set as a ``tf.data`` dataset of ``batch_size`` batches."""
+    import tensorflow as tf
+
+    return _untuned(tf.data.Dataset.from_tensor_slices((x, y_one_hot)).batch(batch_size))
+
+
+def _untuned(dataset):
+    # with a fixed prefetch depth instead of tf.data's autotuning: destroying an
+    # autotuned iterator (Keras makes new ones every epoch) waits for its tuning thread
+    # to wake, seconds of an epoch with both cores idle (docs/performance.md)
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCHED_BATCHES).with_options(options)
 
 
 def split_at_whitening(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
